@@ -1,0 +1,1 @@
+"""potluck.client."""

@@ -1,0 +1,1 @@
+"""potluck.scheduler."""
