@@ -1,0 +1,220 @@
+"""A Hugging Face-compatible causal LM whose blocks run on the swarm.
+
+```python
+from transformers import AutoTokenizer
+from potluck.client import AutoDistributedModelForCausalLM
+
+model = AutoDistributedModelForCausalLM.from_pretrained("smollm2", initial_peers=[addr])
+tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+print(tokenizer.decode(model.generate(ids, max_new_tokens=8)[0]))
+```
+
+The client holds only the embeddings, the final norm and the LM head
+(`ClientHead`); every decoder block runs on a server. The class is a
+`PreTrainedModel` with `GenerationMixin`, so `generate()` works as usual:
+greedy and sampling, `max_new_tokens`, streamers, logits processors. Its
+"cache" is a `RemoteCache` that stands for the servers' KV caches: each
+`forward` sends only the new tokens' hidden states through the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from potluck.client.runtime import ClientRuntime
+from potluck.client.session import InferenceSession
+from potluck.client.swarm import SwarmClient
+from potluck.errors import ConfigError
+from potluck.model import ClientHead, load_config, model_identity, num_blocks, resolve_model
+from potluck.p2p.identity import Identity
+
+
+class RemoteCache(Cache):  # type: ignore[misc]
+    """Stands for the KV caches held by the servers of an inference session."""
+
+    def __init__(self, session: InferenceSession) -> None:
+        super().__init__(layers=[])
+        self.session = session
+        self.token_ids: torch.Tensor | None = None  # (batch, seq) already sent
+
+    def get_seq_length(self, layer_idx: int | None = 0) -> int:
+        return self.session.position
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    def new_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The part of `input_ids` the servers have not seen yet.
+
+        `generate()` passes the whole prompt on its first call; when a session
+        continues an earlier generation, that prompt starts with the tokens
+        already in the servers' caches, which must not be sent twice.
+        """
+        seen = self.token_ids
+        if seen is not None and input_ids.shape[1] > seen.shape[1]:
+            prefix = input_ids[:, : seen.shape[1]]
+            if prefix.shape == seen.shape and torch.equal(prefix, seen):
+                return input_ids[:, seen.shape[1] :]
+        return input_ids
+
+    def record(self, input_ids: torch.Tensor) -> None:
+        self.token_ids = (
+            input_ids if self.token_ids is None else torch.cat([self.token_ids, input_ids], dim=1)
+        )
+
+
+class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[misc]
+    """A causal LM whose decoder blocks are served by the swarm."""
+
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
+    def __init__(
+        self,
+        config: PreTrainedConfig,
+        *,
+        head: ClientHead,
+        runtime: ClientRuntime,
+        swarm: SwarmClient,
+        route_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(config)
+        self.head = head
+        self.runtime = runtime
+        self.swarm = swarm
+        self.route_timeout = route_timeout
+        vocab, hidden = head.embed_weight.shape
+        self._embeddings = nn.Embedding(vocab, hidden, _weight=head.embed_weight, _freeze=True)
+        self._active: RemoteCache | None = None
+
+    # -- Hugging Face plumbing ------------------------------------------------
+
+    def get_input_embeddings(self) -> nn.Module:
+        embeddings: nn.Module = self._embeddings
+        return embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        if input_ids is None:
+            raise ConfigError("the distributed model takes input_ids, not inputs_embeds")
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ConfigError("padded batches are not supported yet: give one prompt per call")
+        cache = past_key_values if isinstance(past_key_values, RemoteCache) else self._active
+        if cache is None:  # a plain forward: a one-off session over the whole input
+            with self._open_session(max_length=input_ids.shape[1]) as session:
+                logits = self._run(RemoteCache(session), input_ids)
+            return CausalLMOutputWithPast(logits=logits)
+        logits = self._run(cache, input_ids)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+
+    def _run(self, cache: RemoteCache, input_ids: torch.Tensor) -> torch.Tensor:
+        new = cache.new_tokens(input_ids)
+        hidden = self.head.embed(new)  # (batch, new, hidden)
+        out = cache.session.step(hidden)  # (batch, new, hidden)
+        cache.record(new)
+        return self.head.logits(out).clone()  # (batch, new, vocab)
+
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """`GenerationMixin.generate`, with an inference session opened for the call.
+
+        Inside `with model.inference_session(...)` the open session is used
+        (and continued); otherwise one is opened for exactly
+        `prompt length + max_new_tokens` tokens and closed afterwards.
+        """
+        if kwargs.get("past_key_values") is not None:
+            return super().generate(inputs, **kwargs)
+        if self._active is not None:
+            return super().generate(inputs, past_key_values=self._active, **kwargs)
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if ids is None:
+            raise ConfigError("generate() needs input_ids")
+        max_length = self._max_length(ids.shape[-1], kwargs)
+        with self._open_session(max_length=max_length) as session:
+            return super().generate(inputs, past_key_values=RemoteCache(session), **kwargs)
+
+    def _max_length(self, prompt: int, kwargs: dict[str, Any]) -> int:
+        gen = kwargs.get("generation_config") or self.generation_config
+        new = kwargs.get("max_new_tokens", getattr(gen, "max_new_tokens", None))
+        if new is not None:
+            return int(prompt + new)
+        total = kwargs.get("max_length", getattr(gen, "max_length", None)) or prompt + 20
+        return int(max(total, prompt + 1))
+
+    # -- sessions ---------------------------------------------------------------
+
+    def _open_session(self, *, max_length: int) -> InferenceSession:
+        route = self.runtime.run(self.swarm.wait_for_route, self.runtime.host, self.route_timeout)
+        return InferenceSession(self.runtime, route, max_length)
+
+    @contextmanager
+    def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:
+        """An inference session that `generate()` and `forward()` use while it is open.
+
+        Also usable step by step: `session.step(hidden)` with hidden states of
+        shape (batch, new tokens, hidden).
+        """
+        if self._active is not None:
+            raise ConfigError("an inference session is already open on this model")
+        with self._open_session(max_length=max_length) as session:
+            self._active = RemoteCache(session)
+            try:
+                yield session
+            finally:
+                self._active = None
+
+    def close(self) -> None:
+        """Stop the client's libp2p host."""
+        self.runtime.close()
+
+
+class AutoDistributedModelForCausalLM:
+    """Entry point mirroring `transformers.AutoModelForCausalLM`."""
+
+    @staticmethod
+    def from_pretrained(
+        name_or_path: str | Path,
+        *,
+        initial_peers: Sequence[str],
+        route_timeout: float = 30.0,
+        request_timeout: float = 60.0,
+        identity: Identity | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> DistributedModelForCausalLM:
+        """Load the client's share of a model and join the swarm through `initial_peers`.
+
+        `name_or_path` is "smollm2" or a local checkpoint folder; the servers
+        must serve the same checkpoint (compared by its identity hash).
+        """
+        path = resolve_model(str(name_or_path))
+        config = load_config(path)
+        config._name_or_path = str(path)
+        head = ClientHead.load(path, dtype=dtype)
+        swarm = SwarmClient(
+            initial_peers, model_id=model_identity(path), num_blocks=num_blocks(config)
+        )
+        runtime = ClientRuntime(identity, timeout=request_timeout)
+        model = DistributedModelForCausalLM(
+            config, head=head, runtime=runtime, swarm=swarm, route_timeout=route_timeout
+        )
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        model.eval()
+        return model

@@ -1,0 +1,80 @@
+"""The node's one typed config.
+
+Every field carries its help text; the CLI flags of `potluck node start` are
+generated from these fields, so the flags, the defaults and the docs cannot
+drift apart. Nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from potluck.errors import ConfigError
+from potluck.wire import DEFAULT_MAX_FRAME
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def parse_blocks(text: str) -> tuple[int, int]:
+    """`"4:12"` -> `(4, 12)`: blocks 4 up to, not including, 12."""
+    try:
+        start_s, end_s = text.split(":")
+        start, end = int(start_s), int(end_s)
+    except ValueError:
+        raise ConfigError(f"--blocks takes START:END, like 0:10, not {text!r}") from None
+    if not 0 <= start < end:
+        raise ConfigError(f"--blocks {text}: need 0 <= START < END")
+    return start, end
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings of one `potluck node start` process."""
+
+    model: str | None = _opt(
+        None, "Model to serve: 'smollm2' or a local checkpoint folder. None: bootstrap only."
+    )
+    blocks: str | None = _opt(None, "Blocks to serve as START:END, e.g. 0:10.")
+    host: str = _opt("127.0.0.1", "Address to listen on.")
+    port: int = _opt(0, "TCP port to listen on (0 picks a free one).")
+    initial_peers: tuple[str, ...] = _opt((), "Multiaddresses of peers to join through.")
+    data_dir: Path = _opt(Path(".potluck"), "Directory for the identity key and state.")  # noqa: RUF009
+    dtype: str = _opt("float32", "Compute dtype for the served blocks: float32 or bfloat16.")
+    max_frame: int = _opt(DEFAULT_MAX_FRAME, "Largest message accepted, in bytes.")
+    cache_tokens: int = _opt(65536, "KV-cache budget: total tokens reserved by all open sessions.")
+    max_session_length: int = _opt(8192, "Longest max_length one session may reserve.")
+    sessions_per_peer: int = _opt(16, "Open inference sessions allowed per client peer.")
+    session_idle_timeout: float = _opt(300.0, "Seconds before an idle session is dropped.")
+    request_timeout: float = _opt(60.0, "Seconds to wait for a peer before giving up.")
+    announce_interval: float = _opt(5.0, "Seconds between announcements to known peers.")
+    announce_ttl: float = _opt(20.0, "Seconds an announcement stays valid.")
+    compute_threads: int = _opt(0, "torch threads for compute (0: torch's default).")
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None and self.model is None:
+            raise ConfigError("--blocks needs --model")
+        if self.blocks is not None:
+            parse_blocks(self.blocks)
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"--dtype must be float32 or bfloat16, not {self.dtype!r}")
+        for name in ("cache_tokens", "max_session_length", "sessions_per_peer", "max_frame"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("session_idle_timeout", "request_timeout", "announce_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.announce_ttl <= self.announce_interval:
+            raise ConfigError("--announce-ttl must be longer than --announce-interval")
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        return None if self.blocks is None else parse_blocks(self.blocks)
+
+    @classmethod
+    def help_texts(cls) -> dict[str, str]:
+        return {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(cls)}

@@ -1,0 +1,370 @@
+"""The server process: serving a span of blocks and the swarm view.
+
+Two protocols, both framed (`potluck.wire`):
+
+- `/potluck/rpc/1.0.0`: one request, one reply, one stream.
+  `InfoRequest` -> `ServerInfo`; `SwarmRequest` -> `SwarmView`;
+  a `ServerInfo` (an announcement, accepted only from the peer it describes)
+  -> `SwarmView` (push-pull in one round trip); `Forward` -> `ForwardResult`
+  (stateless: the whole sequence from position 0, no cache kept).
+- `/potluck/inference/1.0.0`: a long-lived stream per client hop.
+  `OpenSession` -> `SessionOpened`; `InferenceStep` -> `StepResult`;
+  `CloseSession` -> `SessionClosed`. Closing the stream closes its sessions.
+
+Any request that fails gets an `ErrorReply` with a typed code, and the
+stream goes on (a frame whose header is bad cannot be resynchronised, so that
+one error closes the stream). Torch runs in a worker thread behind a
+capacity limiter of one, so handlers keep reading while a step computes and
+concurrent sessions queue instead of oversubscribing the cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import torch
+import trio
+
+from potluck import __version__
+from potluck.errors import (
+    ConfigError,
+    FrameError,
+    MessageError,
+    PotluckError,
+    RemoteError,
+    SpanError,
+    TensorError,
+    WireError,
+)
+from potluck.model import BlockSpan, model_identity, resolve_model
+from potluck.node.config import NodeConfig
+from potluck.node.sessions import SessionTable
+from potluck.p2p.discovery import PeerTable
+from potluck.p2p.framed import FramedStream
+from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
+from potluck.p2p.identity import load_or_create_identity
+from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
+from potluck.wire import (
+    CloseSession,
+    ErrorReply,
+    Forward,
+    ForwardResult,
+    InferenceStep,
+    InfoRequest,
+    Message,
+    OpenSession,
+    ServerInfo,
+    SessionClosed,
+    SessionOpened,
+    StepResult,
+    SwarmRequest,
+    SwarmView,
+    decode_message,
+)
+
+log = logging.getLogger(__name__)
+
+WIRE_DTYPE = torch.float32
+
+Clock = Callable[[], float]
+
+
+class NotAServer(RemoteError):
+    """This node serves no blocks (a bootstrap node)."""
+
+    code = "not_a_server"
+
+
+@functools.cache
+def _peer_of(addr: str) -> str:
+    maddr = parse_multiaddr(addr)
+    return str(maddr.get_peer_id())
+
+
+class Server:
+    """Handlers and background loops of one node."""
+
+    def __init__(
+        self,
+        host: PotluckHost,
+        config: NodeConfig,
+        *,
+        span: BlockSpan | None,
+        model_id: str,
+        clock: Clock = time.time,
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.span = span
+        self.model_id = model_id
+        self.clock = clock
+        self.peers = PeerTable()
+        self.sessions = SessionTable(
+            cache_tokens=config.cache_tokens,
+            max_session_length=config.max_session_length,
+            sessions_per_peer=config.sessions_per_peer,
+        )
+        self.compute_limiter = trio.CapacityLimiter(1)
+        self.throughput = 0.0
+        self.errors_sent = 0
+        self.steps_served = 0
+
+    # -- what we announce ---------------------------------------------------
+
+    def server_info(self) -> ServerInfo | None:
+        if self.span is None:
+            return None
+        return ServerInfo(
+            peer_id=self.host.peer_id,
+            addrs=tuple(self.host.addrs),
+            model=self.model_id,
+            start=self.span.start,
+            end=self.span.end,
+            throughput=self.throughput,
+            free_cache_tokens=max(0, self.sessions.free_tokens),
+            version=__version__,
+            expires_at=self.clock() + self.config.announce_ttl,
+        )
+
+    def swarm_view(self) -> SwarmView:
+        now = self.clock()
+        servers = [s for s in self.peers.live(now) if s.peer_id != self.host.peer_id]
+        own = self.server_info()
+        if own is not None:
+            servers.append(own)
+        return SwarmView(servers=tuple(servers))
+
+    async def measure_throughput(self, tokens: int = 3) -> None:
+        """Tokens per second this span computes at batch 1 (a quick first estimate)."""
+        span = self.span
+        if span is None:
+            return
+
+        def run() -> float:
+            hidden = torch.zeros(1, 1, span.config.hidden_size, dtype=span.dtype)
+            cache = span.new_cache()
+            span.forward(hidden, cache)  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(tokens):
+                span.forward(hidden, cache)
+            return tokens / max(time.perf_counter() - t0, 1e-6)
+
+        self.throughput = await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+
+    # -- compute ------------------------------------------------------------
+
+    def _check_hidden(self, hidden: torch.Tensor) -> None:
+        assert self.span is not None
+        if hidden.dtype != WIRE_DTYPE:
+            raise TensorError(f"hidden states must be {WIRE_DTYPE}, got {hidden.dtype}")
+        if hidden.shape[-1] != self.span.config.hidden_size:
+            size = self.span.config.hidden_size
+            raise TensorError(f"hidden size must be {size}, got shape {tuple(hidden.shape)}")
+
+    def _check_range(self, start: int, end: int) -> BlockSpan:
+        if self.span is None:
+            raise NotAServer("this node serves no blocks")
+        if not (self.span.start <= start < end <= self.span.end):
+            raise SpanError(
+                f"blocks {start}:{end} are not within this server's "
+                f"{self.span.start}:{self.span.end}"
+            )
+        return self.span
+
+    async def _compute(
+        self, hidden: torch.Tensor, cache: object | None, start: int, end: int
+    ) -> torch.Tensor:
+        span = self.span
+        assert span is not None
+
+        def run() -> torch.Tensor:
+            out = span.forward(hidden.to(span.dtype), cache, start=start, end=end)  # type: ignore[arg-type]
+            return out.to(WIRE_DTYPE).contiguous()
+
+        return await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+
+    # -- rpc protocol -------------------------------------------------------
+
+    async def handle_rpc(self, stream: FramedStream) -> None:
+        payload = await stream.receive_bytes()
+        if payload is None:
+            return
+        try:
+            reply = await self._rpc(decode_message(payload), stream.remote_peer)
+        except (WireError, RemoteError, SpanError) as exc:
+            reply = self._error(exc)
+        await stream.send(reply)
+
+    async def _rpc(self, msg: Message, peer: str) -> Message:
+        now = self.clock()
+        if isinstance(msg, SwarmRequest):
+            return self.swarm_view()
+        if isinstance(msg, ServerInfo):
+            if msg.peer_id != peer:
+                raise MessageError("an announcement must come from the peer it describes")
+            self.peers.upsert(msg, now)
+            return self.swarm_view()
+        if isinstance(msg, InfoRequest):
+            info = self.server_info()
+            if info is None:
+                raise NotAServer("this node serves no blocks")
+            return info
+        if isinstance(msg, Forward):
+            self._check_range(msg.start, msg.end)
+            self._check_hidden(msg.hidden)
+            out = await self._compute(msg.hidden, None, msg.start, msg.end)
+            return ForwardResult(hidden=out)
+        raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_RPC}")
+
+    def _error(self, exc: PotluckError) -> ErrorReply:
+        self.errors_sent += 1
+        log.info("error reply: %s", exc)
+        return ErrorReply.from_exception(exc)
+
+    # -- inference protocol -------------------------------------------------
+
+    async def handle_inference(self, stream: FramedStream) -> None:
+        stream.timeout = self.config.session_idle_timeout
+        peer = stream.remote_peer
+        opened: list[str] = []
+        try:
+            while True:
+                try:
+                    payload = await stream.receive_bytes()
+                except FrameError as exc:
+                    await stream.send(self._error(exc))
+                    return
+                if payload is None:
+                    return
+                try:
+                    reply = await self._inference(decode_message(payload), peer, opened)
+                except (WireError, RemoteError, SpanError) as exc:
+                    reply = self._error(exc)
+                await stream.send(reply)
+        finally:
+            self.sessions.close_peer_sessions(opened)
+
+    async def _inference(self, msg: Message, peer: str, opened: list[str]) -> Message:
+        now = self.clock()
+        if isinstance(msg, OpenSession):
+            span = self._check_range(msg.start, msg.end)
+            session = self.sessions.open(
+                msg.session_id, peer, msg.start, msg.end, msg.max_length, now
+            )
+            session.cache = span.new_cache()
+            opened.append(msg.session_id)
+            return SessionOpened(msg.session_id, msg.start, msg.end, msg.max_length)
+        if isinstance(msg, InferenceStep):
+            session = self.sessions.get(msg.session_id, peer)
+            self._check_hidden(msg.hidden)
+            batch, seq = msg.hidden.shape[0], msg.hidden.shape[1]
+            self.sessions.begin_step(session, msg.step, msg.position, batch, seq, now)
+            ok = False
+            try:
+                out = await self._compute(msg.hidden, session.cache, session.start, session.end)
+                ok = True
+            finally:
+                self.sessions.end_step(session, seq, self.clock(), ok=ok)
+                if not ok:  # a half-applied step leaves the cache unusable
+                    self.sessions.close(session.session_id)
+            self.steps_served += 1
+            return StepResult(msg.session_id, msg.step, out)
+        if isinstance(msg, CloseSession):
+            self.sessions.get(msg.session_id, peer)
+            self.sessions.close(msg.session_id)
+            return SessionClosed(msg.session_id)
+        raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_INFERENCE}")
+
+    # -- background loops ---------------------------------------------------
+
+    def announce_targets(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Peers to push our view to: the initial peers and every live server."""
+        targets: dict[str, tuple[str, ...]] = {}
+        for addr in self.config.initial_peers:
+            targets[_peer_of(addr)] = (addr,)
+        for info in self.peers.live(self.clock()):
+            targets.setdefault(info.peer_id, info.addrs)
+        targets.pop(self.host.peer_id, None)
+        return sorted(targets.items())
+
+    async def announce_once(self) -> None:
+        own = self.server_info()
+        message: Message = own if own is not None else SwarmRequest()
+
+        async def one(peer_id: str, addrs: tuple[str, ...]) -> None:
+            try:
+                with trio.fail_after(min(5.0, self.config.request_timeout)):
+                    reply = await self.host.request(peer_id, PROTOCOL_RPC, message, addrs=addrs)
+            except (PotluckError, trio.TooSlowError) as exc:
+                log.debug("announce to %s failed: %s", peer_id, exc)
+                return
+            if isinstance(reply, SwarmView):
+                self.peers.merge(reply.servers, self.clock())
+
+        async with trio.open_nursery() as nursery:
+            for peer_id, addrs in self.announce_targets():
+                nursery.start_soon(one, peer_id, addrs)
+
+    async def announce_loop(self) -> None:
+        while True:
+            await self.announce_once()
+            await trio.sleep(self.config.announce_interval)
+
+    async def expire_loop(self, interval: float = 1.0) -> None:
+        while True:
+            now = self.clock()
+            self.peers.prune(now)
+            for session_id in self.sessions.expire(now, self.config.session_idle_timeout):
+                log.info("session %s expired after idling", session_id)
+            await trio.sleep(interval)
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIterator[Server]:
+    """Load the span, start the host, serve; leaving the block shuts down cleanly."""
+    if config.compute_threads:
+        torch.set_num_threads(config.compute_threads)
+    identity = load_or_create_identity(config.data_dir)
+    span: BlockSpan | None = None
+    model_id = ""
+    if config.model is not None:
+        bounds = config.span
+        if bounds is None:
+            raise ConfigError("pass --blocks START:END to choose which blocks to serve")
+        path = await trio.to_thread.run_sync(resolve_model, config.model)
+        dtype = getattr(torch, config.dtype)
+        span = await trio.to_thread.run_sync(
+            functools.partial(BlockSpan.load, path, bounds[0], bounds[1], dtype=dtype)
+        )
+        model_id = await trio.to_thread.run_sync(model_identity, path)
+    async with open_host(
+        identity,
+        host=config.host,
+        port=config.port,
+        max_frame=config.max_frame,
+        timeout=config.request_timeout,
+    ) as host:
+        server = Server(host, config, span=span, model_id=model_id, clock=clock)
+        await server.measure_throughput()
+        host.set_handler(PROTOCOL_RPC, server.handle_rpc)
+        host.set_handler(PROTOCOL_INFERENCE, server.handle_inference)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.announce_loop)
+            nursery.start_soon(server.expire_loop)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+__all__ = [
+    "PROTOCOL_INFERENCE",
+    "PROTOCOL_RPC",
+    "NotAServer",
+    "Server",
+    "open_node",
+]

@@ -1,0 +1,141 @@
+"""Admission and bookkeeping of inference sessions: the pure core.
+
+A session reserves `max_length x batch` cache tokens when it opens (batch is
+known at the first step, and the reservation grows then). The server refuses
+a session, with `SessionLimitExceeded`, when the reservation would exceed the
+total cache budget, when one peer already holds its quota of sessions, or
+when `max_length` is over the per-session limit. Each step must carry the
+next step number and the position where the cache ends, so a lost or
+duplicated step is an error, never silent corruption. Sessions idle for
+longer than the timeout are dropped by `expire`.
+
+No I/O and no clock: `now` is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from potluck.errors import MessageError, SessionLimitExceeded, UnknownSession
+
+
+@dataclass
+class Session:
+    """One open inference session on this server."""
+
+    session_id: str
+    peer: str
+    start: int
+    end: int
+    max_length: int
+    reserved: int
+    last_used: float
+    batch: int | None = None
+    position: int = 0
+    step: int = 0
+    cache: Any = field(default=None, repr=False)
+    busy: bool = False
+
+
+class SessionTable:
+    """Open sessions, the cache budget and the per-peer quota."""
+
+    def __init__(self, *, cache_tokens: int, max_session_length: int, sessions_per_peer: int):
+        self.cache_tokens = cache_tokens
+        self.max_session_length = max_session_length
+        self.sessions_per_peer = sessions_per_peer
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def reserved_tokens(self) -> int:
+        return sum(s.reserved for s in self._sessions.values())
+
+    @property
+    def free_tokens(self) -> int:
+        return self.cache_tokens - self.reserved_tokens
+
+    def open(
+        self, session_id: str, peer: str, start: int, end: int, max_length: int, now: float
+    ) -> Session:
+        if session_id in self._sessions:
+            raise MessageError(f"session {session_id} is already open")
+        if max_length > self.max_session_length:
+            raise SessionLimitExceeded(
+                f"max_length {max_length} is over this server's limit of {self.max_session_length}"
+            )
+        held = sum(1 for s in self._sessions.values() if s.peer == peer)
+        if held >= self.sessions_per_peer:
+            raise SessionLimitExceeded(
+                f"peer already holds {held} sessions, the limit per peer on this server"
+            )
+        if max_length > self.free_tokens:
+            raise SessionLimitExceeded(
+                f"cache full: {max_length} tokens asked, {self.free_tokens} free"
+            )
+        session = Session(session_id, peer, start, end, max_length, max_length, now)
+        self._sessions[session_id] = session
+        return session
+
+    def get(self, session_id: str, peer: str) -> Session:
+        """The session, if it exists and belongs to `peer`."""
+        session = self._sessions.get(session_id)
+        if session is None or session.peer != peer:
+            raise UnknownSession(f"no open session {session_id}")
+        return session
+
+    def begin_step(
+        self, session: Session, step: int, position: int, batch: int, seq: int, now: float
+    ) -> None:
+        """Check a step against the session and reserve what it needs."""
+        if session.busy:
+            raise MessageError(f"session {session.session_id} already has a step in flight")
+        if step != session.step:
+            raise MessageError(f"expected step {session.step}, got step {step}")
+        if position != session.position:
+            raise MessageError(f"expected position {session.position}, got {position}")
+        if position + seq > session.max_length:
+            raise SessionLimitExceeded(
+                f"step would reach {position + seq} tokens, over max_length {session.max_length}"
+            )
+        if session.batch is None:
+            need = session.max_length * batch
+            extra = need - session.reserved
+            if extra > self.free_tokens:
+                raise SessionLimitExceeded(
+                    f"cache full: batch {batch} needs {extra} more tokens, {self.free_tokens} free"
+                )
+            session.reserved = need
+            session.batch = batch
+        elif batch != session.batch:
+            raise MessageError(f"session batch is {session.batch}, step has batch {batch}")
+        session.busy = True
+        session.last_used = now
+
+    def end_step(self, session: Session, seq: int, now: float, *, ok: bool) -> None:
+        session.busy = False
+        session.last_used = now
+        if ok:
+            session.position += seq
+            session.step += 1
+
+    def close(self, session_id: str) -> Session | None:
+        return self._sessions.pop(session_id, None)
+
+    def close_peer_sessions(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            self.close(session_id)
+
+    def expire(self, now: float, idle_timeout: float) -> list[str]:
+        """Drop sessions idle for longer than `idle_timeout`; returns their ids."""
+        dead = [
+            sid
+            for sid, s in self._sessions.items()
+            if not s.busy and now - s.last_used > idle_timeout
+        ]
+        for sid in dead:
+            del self._sessions[sid]
+        return dead

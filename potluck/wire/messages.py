@@ -1,0 +1,541 @@
+"""Protocol messages and their payload encoding.
+
+A message is the payload of one frame (see `potluck.wire.framing`)::
+
+    offset  size  field
+    0       4     header length h, uint32 big-endian
+    4       h     header, canonical JSON (below)
+    4 + h   ...   the raw bytes of each tensor in header order, back to back
+                  (see `potluck.wire.tensors`), and nothing after them
+
+The header is JSON encoded as UTF-8 with sorted keys, no whitespace and only
+ASCII characters (``ensure_ascii``); NaN and infinities are not allowed::
+
+    {"fields": {<name>: <value>, ...},
+     "tensors": [{"dtype": "float32", "name": "hidden", "shape": [1, 4, 576]}, ...],
+     "type": "InferenceStep"}
+
+`type` is the message's class name, `fields` holds exactly its non-tensor
+fields (tuples as JSON lists, `SwarmView.servers` as a list of `ServerInfo`
+field objects) and `tensors` lists its tensor fields in declaration order.
+
+Messages, by exchange:
+
+    OpenSession(session_id, start, end, max_length)     -> SessionOpened(same fields)
+    InferenceStep(session_id, step, position, hidden)   -> StepResult(session_id, step, hidden)
+    CloseSession(session_id)                            -> SessionClosed(session_id)
+    Forward(start, end, hidden)                         -> ForwardResult(hidden)
+    InfoRequest()                                       -> ServerInfo(...)
+    SwarmRequest()                                      -> SwarmView(servers)
+    any request                                         -> ErrorReply(code, message)
+
+Every message is a frozen dataclass that validates itself on construction and
+raises `MessageError` (or `TensorError` for a bad tensor), so a decoded message
+is always a valid one. `decode_message` raises nothing but `WireError`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self, TypeVar
+
+import torch
+
+from potluck.errors import MessageError, PotluckError, RemoteError, TensorError, remote_error
+from potluck.wire.tensors import TensorMeta, tensor_from_bytes, tensor_to_bytes
+
+__all__ = [
+    "MAX_ADDRS",
+    "MAX_BLOCKS",
+    "MAX_ERROR_MESSAGE",
+    "MAX_SERVERS",
+    "MAX_SESSION_LENGTH",
+    "MESSAGE_TYPES",
+    "CloseSession",
+    "ErrorReply",
+    "Forward",
+    "ForwardResult",
+    "InferenceStep",
+    "InfoRequest",
+    "Message",
+    "OpenSession",
+    "ServerInfo",
+    "SessionClosed",
+    "SessionOpened",
+    "StepResult",
+    "SwarmRequest",
+    "SwarmView",
+    "decode_message",
+    "encode_message",
+    "expect",
+]
+
+MAX_BLOCKS = 100_000
+"""Spans are `start <= block < end` with `0 <= start < end <= MAX_BLOCKS`."""
+MAX_SESSION_LENGTH = 1_000_000
+"""Most tokens an inference session may hold."""
+MAX_ADDRS = 16
+MAX_SERVERS = 4096
+MAX_ERROR_MESSAGE = 4096
+
+_MAX_INT64 = 2**63 - 1
+_MAX_ADDR = 256
+_MAX_MODEL = 256
+_MAX_PEER_ID = 128
+_MAX_VERSION = 64
+_SESSION_ID = re.compile(r"[0-9a-f]{1,64}")
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+_HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
+_HEADER_LENGTH = struct.Struct(">I")
+_HEADER_KEYS = frozenset({"type", "fields", "tensors"})
+_TENSOR_KEYS = frozenset({"name", "dtype", "shape"})
+
+
+# --- validation helpers -----------------------------------------------------
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_int(name: str, value: object, low: int, high: int = _MAX_INT64) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise MessageError(f"{name} must be an integer in [{low}, {high}], got {_show(value)}")
+    return value
+
+
+def _check_str(name: str, value: object, max_len: int, min_len: int = 1) -> None:
+    if not isinstance(value, str) or not min_len <= len(value) <= max_len:
+        raise MessageError(f"{name} must be a string of {min_len}..{max_len} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError(f"{name} must be valid Unicode (no lone surrogates)") from None
+
+
+def _check_session_id(value: object) -> None:
+    if not isinstance(value, str) or _SESSION_ID.fullmatch(value) is None:
+        raise MessageError(f"session_id must be 1..64 lowercase hex digits, got {_show(value)}")
+
+
+def _check_span(start: object, end: object) -> None:
+    if not _check_int("start", start, 0) < _check_int("end", end, 1, MAX_BLOCKS):
+        raise MessageError(f"span must have start < end, got [{start}, {end})")
+
+
+def _check_hidden(value: object) -> None:
+    """Hidden states: a (batch, seq, hidden) floating tensor, every size >= 1."""
+    if not isinstance(value, torch.Tensor):
+        raise TensorError(f"hidden must be a torch.Tensor, got {type(value).__name__}")
+    meta = TensorMeta.of(value)
+    if meta.dtype not in _HIDDEN_DTYPES:
+        raise TensorError(f"hidden must be one of {_HIDDEN_DTYPES}, got {meta.dtype}")
+    if len(meta.shape) != 3 or min(meta.shape) < 1:
+        raise TensorError(f"hidden must have shape (batch, seq, hidden) >= 1, got {meta.shape}")
+
+
+def _float_field(name: str, value: object, *, minimum: float | None = None) -> float:
+    """`value` as a finite float (ints accepted, bools not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageError(f"{name} must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise MessageError(f"{name} is out of range") from None
+    if not math.isfinite(number) or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise MessageError(f"{name} must be a finite number{bound}, got {_show(value)}")
+    return number
+
+
+# --- messages ----------------------------------------------------------------
+
+
+class Message:
+    """Base of every protocol message; see `MESSAGE_TYPES` for the full set."""
+
+    __slots__ = ()
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ()
+    """Names of the fields that hold tensors; they travel outside the JSON header."""
+
+    def _json_fields(self) -> dict[str, object]:
+        """The header's `fields` object (everything but the tensors)."""
+        out: dict[str, object] = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            if field.name not in self._TENSORS:
+                value = getattr(self, field.name)
+                out[field.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def _from_json_fields(
+        cls, fields: Mapping[str, object], tensors: Mapping[str, torch.Tensor]
+    ) -> Self:
+        """The message for a decoded header `fields` object and its tensors."""
+        args = {
+            name: tuple(value) if isinstance(value, list) else value
+            for name, value in fields.items()
+        }
+        return cls(**args, **tensors)
+
+    @classmethod
+    def _json_field_names(cls) -> frozenset[str]:
+        names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return frozenset(names.difference(cls._TENSORS))
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+@dataclass(frozen=True)
+class OpenSession(Message):
+    """Ask a server to open an inference session over blocks [start, end)."""
+
+    session_id: str
+    start: int
+    end: int
+    max_length: int
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        _check_span(self.start, self.end)
+        _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+
+
+@dataclass(frozen=True)
+class SessionOpened(Message):
+    """The server opened the session; echoes what it agreed to."""
+
+    session_id: str
+    start: int
+    end: int
+    max_length: int
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        _check_span(self.start, self.end)
+        _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+
+
+@dataclass(frozen=True, eq=False)
+class InferenceStep(Message):
+    """Run new tokens' hidden states through the session's blocks."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    session_id: str
+    step: int
+    position: int  # index in the session of the first token in `hidden`
+    hidden: torch.Tensor  # (batch, seq, hidden)
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        _check_int("step", self.step, 0)
+        _check_int("position", self.position, 0)
+        _check_hidden(self.hidden)
+
+
+@dataclass(frozen=True, eq=False)
+class StepResult(Message):
+    """The hidden states after the session's blocks, for step `step`."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    session_id: str
+    step: int
+    hidden: torch.Tensor  # (batch, seq, hidden)
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+        _check_int("step", self.step, 0)
+        _check_hidden(self.hidden)
+
+
+@dataclass(frozen=True)
+class CloseSession(Message):
+    """Ask the server to drop the session and free its cache."""
+
+    session_id: str
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+
+
+@dataclass(frozen=True)
+class SessionClosed(Message):
+    """The server dropped the session."""
+
+    session_id: str
+
+    def __post_init__(self) -> None:
+        _check_session_id(self.session_id)
+
+
+@dataclass(frozen=True, eq=False)
+class Forward(Message):
+    """Run hidden states through blocks [start, end) with no session or cache."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    start: int
+    end: int
+    hidden: torch.Tensor  # (batch, seq, hidden)
+
+    def __post_init__(self) -> None:
+        _check_span(self.start, self.end)
+        _check_hidden(self.hidden)
+
+
+@dataclass(frozen=True, eq=False)
+class ForwardResult(Message):
+    """The hidden states after a `Forward`."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+
+    hidden: torch.Tensor  # (batch, seq, hidden)
+
+    def __post_init__(self) -> None:
+        _check_hidden(self.hidden)
+
+
+@dataclass(frozen=True)
+class InfoRequest(Message):
+    """Ask a server for its `ServerInfo`."""
+
+
+@dataclass(frozen=True)
+class SwarmRequest(Message):
+    """Ask a peer for the servers it knows, as a `SwarmView`."""
+
+
+@dataclass(frozen=True)
+class ServerInfo(Message):
+    """What a server announces: who it is, which blocks it serves, how fast, until when."""
+
+    peer_id: str
+    addrs: tuple[str, ...]  # multiaddrs
+    model: str
+    start: int
+    end: int
+    throughput: float  # tokens per second, as measured by the server
+    free_cache_tokens: int
+    version: str  # potluck version
+    expires_at: float  # unix time after which this announcement is stale
+
+    def __post_init__(self) -> None:
+        _check_str("peer_id", self.peer_id, _MAX_PEER_ID)
+        if not isinstance(self.addrs, tuple) or len(self.addrs) > MAX_ADDRS:
+            raise MessageError(f"addrs must be a tuple of at most {MAX_ADDRS} strings")
+        for addr in self.addrs:
+            _check_str("addrs[]", addr, _MAX_ADDR)
+        _check_str("model", self.model, _MAX_MODEL)
+        _check_span(self.start, self.end)
+        throughput = _float_field("throughput", self.throughput, minimum=0.0)
+        object.__setattr__(self, "throughput", throughput)
+        _check_int("free_cache_tokens", self.free_cache_tokens, 0)
+        _check_str("version", self.version, _MAX_VERSION)
+        object.__setattr__(self, "expires_at", _float_field("expires_at", self.expires_at))
+
+    def covers(self, start: int, end: int) -> bool:
+        """Whether this server serves every block of the non-empty span [start, end)."""
+        return self.start <= start < end <= self.end
+
+
+@dataclass(frozen=True)
+class SwarmView(Message):
+    """The servers a peer knows about."""
+
+    servers: tuple[ServerInfo, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.servers, tuple) or len(self.servers) > MAX_SERVERS:
+            raise MessageError(f"servers must be a tuple of at most {MAX_SERVERS} ServerInfo")
+        for server in self.servers:
+            if not isinstance(server, ServerInfo):
+                raise MessageError(f"servers must hold ServerInfo, got {type(server).__name__}")
+
+    def _json_fields(self) -> dict[str, object]:
+        return {"servers": [server._json_fields() for server in self.servers]}
+
+    @classmethod
+    def _from_json_fields(
+        cls, fields: Mapping[str, object], tensors: Mapping[str, torch.Tensor]
+    ) -> Self:
+        servers = fields["servers"]
+        if not isinstance(servers, list) or len(servers) > MAX_SERVERS:
+            raise MessageError(f"servers must be a list of at most {MAX_SERVERS} objects")
+        return cls(tuple(_build(ServerInfo, server, {}) for server in servers))
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """A request failed; `code` names the `PotluckError` kind (see `potluck.errors`)."""
+
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str) or _ERROR_CODE.fullmatch(self.code) is None:
+            raise MessageError(f"code must be 1..64 of [a-z_], got {_show(self.code)}")
+        _check_str("message", self.message, MAX_ERROR_MESSAGE, min_len=0)
+
+    @classmethod
+    def from_exception(cls, exc: PotluckError) -> ErrorReply:
+        """The reply reporting `exc`: its `code` (else "internal") and truncated message."""
+        code = getattr(exc, "code", None)
+        if not isinstance(code, str) or _ERROR_CODE.fullmatch(code) is None:
+            code = "internal"
+        text = str(exc).encode("utf-8", "replace").decode("utf-8")
+        if len(text) > MAX_ERROR_MESSAGE:
+            text = text[: MAX_ERROR_MESSAGE - 3] + "..."
+        return cls(code, text)
+
+    def to_exception(self) -> RemoteError:
+        """The `RemoteError` subclass this reply stands for, to raise on the client."""
+        return remote_error(self.code, self.message)
+
+
+MESSAGE_TYPES: Mapping[str, type[Message]] = {
+    "OpenSession": OpenSession,
+    "SessionOpened": SessionOpened,
+    "InferenceStep": InferenceStep,
+    "StepResult": StepResult,
+    "CloseSession": CloseSession,
+    "SessionClosed": SessionClosed,
+    "Forward": Forward,
+    "ForwardResult": ForwardResult,
+    "InfoRequest": InfoRequest,
+    "SwarmRequest": SwarmRequest,
+    "ServerInfo": ServerInfo,
+    "SwarmView": SwarmView,
+    "ErrorReply": ErrorReply,
+}
+"""Every message class by its wire name (the `type` in the header)."""
+
+_WIRE_NAMES: dict[type[Message], str] = {cls: name for name, cls in MESSAGE_TYPES.items()}
+
+
+def expect(msg: Message, *types: type[_M]) -> _M:
+    """`msg` if it is one of `types`; `MessageError` otherwise."""
+    if isinstance(msg, types):
+        return msg
+    wanted = " or ".join(cls.__name__ for cls in types)
+    raise MessageError(f"expected {wanted}, got {type(msg).__name__}")
+
+
+# --- encoding ----------------------------------------------------------------
+
+
+def _canonical_json(value: object) -> bytes:
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+    return text.encode("ascii")
+
+
+def encode_message(msg: Message) -> bytes:
+    """The payload bytes for `msg` (put it in a frame with `encode_frame`)."""
+    name = _WIRE_NAMES.get(type(msg))
+    if name is None:
+        raise MessageError(f"{type(msg).__name__} is not a protocol message")
+    metas: list[dict[str, object]] = []
+    blobs: list[bytes] = []
+    for tensor_name in msg._TENSORS:
+        meta, data = tensor_to_bytes(getattr(msg, tensor_name))
+        metas.append({"name": tensor_name, "dtype": meta.dtype, "shape": list(meta.shape)})
+        blobs.append(data)
+    header = _canonical_json({"type": name, "fields": msg._json_fields(), "tensors": metas})
+    return b"".join([_HEADER_LENGTH.pack(len(header)), header, *blobs])
+
+
+# --- decoding ----------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> object:
+    raise MessageError(f"header holds {name}, which JSON does not allow")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise MessageError("header has an object with a duplicate key")
+    return out
+
+
+def _parse_header(data: memoryview) -> object:
+    try:
+        text = str(data, "utf-8")
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_object)
+    except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError, JSONDecodeError
+        raise MessageError(f"header is not valid UTF-8 JSON: {_show(str(exc))}") from None
+
+
+def _build(cls: type[_M], fields: object, tensors: Mapping[str, torch.Tensor]) -> _M:
+    """Construct `cls` from a decoded `fields` object, checking its exact key set."""
+    if not isinstance(fields, dict):
+        raise MessageError(f"{cls.__name__} fields must be an object")
+    expected = cls._json_field_names()
+    if fields.keys() != expected:
+        missing = sorted(expected - fields.keys())
+        extra = sorted(fields.keys() - expected)
+        raise MessageError(f"{cls.__name__} fields: missing {missing}, unexpected {extra}")
+    return cls._from_json_fields(fields, tensors)
+
+
+def _tensor_metas(cls: type[Message], entries: object) -> list[TensorMeta]:
+    """The `tensors` list of the header, which must name `cls`'s tensor fields in order."""
+    if not isinstance(entries, list):
+        raise MessageError("header tensors must be a list")
+    names = [entry.get("name") if isinstance(entry, dict) else None for entry in entries]
+    if names != list(cls._TENSORS):
+        raise MessageError(f"{cls.__name__} tensors must be {list(cls._TENSORS)}")
+    metas = []
+    for entry in entries:
+        if entry.keys() != _TENSOR_KEYS:
+            raise MessageError(f"tensor entries must have exactly the keys {sorted(_TENSOR_KEYS)}")
+        shape = entry["shape"]
+        if not isinstance(shape, list):
+            raise TensorError(f"tensor shape must be a list, got {_show(shape)}")
+        metas.append(TensorMeta(entry["dtype"], tuple(shape)))
+    return metas
+
+
+def decode_message(payload: bytes) -> Message:
+    """The message in `payload`; raises only `WireError`s (`MessageError`, `TensorError`)."""
+    view = memoryview(payload)
+    if len(view) < _HEADER_LENGTH.size:
+        raise MessageError(f"payload of {len(view)} bytes is too short for a header length")
+    (header_length,) = _HEADER_LENGTH.unpack_from(view)
+    body_start = _HEADER_LENGTH.size + header_length
+    if body_start > len(view):
+        raise MessageError(f"header length {header_length} runs past the payload")
+    header = _parse_header(view[_HEADER_LENGTH.size : body_start])
+    if not isinstance(header, dict) or header.keys() != _HEADER_KEYS:
+        raise MessageError(f"header must be an object with exactly {sorted(_HEADER_KEYS)}")
+    name = header["type"]
+    cls = MESSAGE_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise MessageError(f"unknown message type {_show(name)}")
+
+    metas = _tensor_metas(cls, header["tensors"])
+    tensors: dict[str, torch.Tensor] = {}
+    offset = body_start
+    for tensor_name, meta in zip(cls._TENSORS, metas, strict=True):
+        if meta.nbytes > len(view) - offset:
+            raise TensorError(
+                f"tensor {tensor_name} needs {meta.nbytes} bytes, "
+                f"only {len(view) - offset} left in the payload"
+            )
+        tensors[tensor_name] = tensor_from_bytes(meta, view[offset : offset + meta.nbytes])
+        offset += meta.nbytes
+    if offset != len(view):
+        raise MessageError(f"{len(view) - offset} trailing bytes after the message")
+    return _build(cls, header["fields"], tensors)
