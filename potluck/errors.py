@@ -41,6 +41,8 @@ class ModelError(PotluckError):
 class SpanError(ModelError):
     """A block range that is empty or outside the model or the loaded span."""
 
+    code = "bad_span"
+
 
 class WireError(PotluckError):
     """Bytes that do not decode to a valid frame, message or tensor."""

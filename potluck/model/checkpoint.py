@@ -178,7 +178,9 @@ class TensorIndex:
         for file, wanted in by_file.items():
             with _open(file) as handle:
                 for name in wanted:
-                    tensors[name] = handle.get_tensor(name).to(dtype)
+                    # copy: get_tensor may map the file, and a file edited in place
+                    # must not change (or, truncated, crash) a loaded model
+                    tensors[name] = handle.get_tensor(name).to(dtype, copy=True)
         return tensors
 
 

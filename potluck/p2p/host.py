@@ -172,7 +172,11 @@ async def open_host(
     listen = multiaddr.Multiaddr(f"/ip4/{host}/tcp/{port}")
     raw = new_host(
         key_pair=identity.keypair(),
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        # one connection per peer avoids the 250 ms second-address dial delay; no
+        # auto-dialling of every peer ever seen to keep 50 connections open
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1, min_connections=0, low_watermark=0
+        ),
     )
     try:
         async with raw.run(listen_addrs=[listen]):

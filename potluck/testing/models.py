@@ -34,13 +34,15 @@ def make_tiny_llama(
     arch: str = "llama",
     seed: int = 0,
     sliding_window: int | None = None,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Save a tiny random fp32 model (config.json + model.safetensors) to `path`.
 
     hidden 64, 4 heads / 2 KV heads, vocab 384. The llama variant ties its LM
     head to the embeddings like SmolLM2; mistral and qwen2 keep them separate
     (qwen2 also has q/k/v biases). `sliding_window` gives mistral a window on
-    every layer and qwen2 a window on its upper half of layers.
+    every layer and qwen2 a window on its upper half of layers. A wider
+    `initializer_range` (e.g. 0.5) makes greedy outputs vary from token to token.
     """
     config: Any
     if arch == "llama":
@@ -63,6 +65,7 @@ def make_tiny_llama(
         )
     else:
         raise ConfigError(f"unknown tiny architecture {arch!r}; use one of {TINY_ARCHITECTURES}")
+    config.initializer_range = initializer_range
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     path.mkdir(parents=True, exist_ok=True)
