@@ -133,7 +133,7 @@ def test_eight_concurrent_sessions_all_correct(
             results[i] = model.generate(
                 prompts[i], max_new_tokens=16, min_new_tokens=16, do_sample=False
             )
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
@@ -160,7 +160,7 @@ async def _raw_exchange(runtime: ClientRuntime, server: ServerInfo, raw: bytes) 
 def test_bad_requests_get_typed_errors_while_a_healthy_session_completes(
     swarm: tuple[LocalSwarm, list[NodeProcess]], tiny_model: Path
 ) -> None:
-    local, servers = swarm
+    _local, servers = swarm
     runtime = ClientRuntime()
     span = BlockSpan.load(tiny_model, 1, 5)
     try:
@@ -187,7 +187,7 @@ def test_bad_requests_get_typed_errors_while_a_healthy_session_completes(
                     await trio.sleep(0.05)
 
             async def bad_requests() -> None:
-                from potluck.wire import encode_frame, encode_message
+                from potluck.wire import encode_frame
 
                 bad_magic = b"XYZ\x01" + (4).to_bytes(4, "big") + b"junk"
                 replies["malformed_frame"] = await _raw_exchange(runtime, server, bad_magic)
