@@ -51,7 +51,7 @@ def run_demo(
         model = AutoDistributedModelForCausalLM.from_pretrained(
             "smollm2", initial_peers=[boot.addr]
         )
-        route = model.swarm.route() if model.swarm.table.live(time.time()) else None
+        model.route()  # waits until the swarm covers every block
         tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
         console.print(f"swarm up in {time.monotonic() - t0:.1f} s\n")
         console.print(f"[bold]user:[/] {prompt}")
@@ -65,7 +65,7 @@ def run_demo(
         out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
         new = out.shape[1] - ids.shape[1]
         elapsed = time.monotonic() - t1
-        route = model.swarm.route()
+        route = model.route()
         hops = " -> ".join(f"{h.start}:{h.end}@{h.peer_id[-6:]}" for h in route)
         console.print(
             f"\n{new} tokens in {elapsed:.1f} s ({new / elapsed:.1f} tokens/s) via {hops}"

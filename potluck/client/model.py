@@ -31,6 +31,7 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedConfig, Pr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
 from potluck.client.session import InferenceSession
 from potluck.client.swarm import SwarmClient
@@ -160,9 +161,12 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
     # -- sessions ---------------------------------------------------------------
 
+    def route(self) -> list[Hop]:
+        """The servers a new session would use, waiting up to `route_timeout` for coverage."""
+        return self.runtime.run(self.swarm.wait_for_route, self.runtime.host, self.route_timeout)
+
     def _open_session(self, *, max_length: int) -> InferenceSession:
-        route = self.runtime.run(self.swarm.wait_for_route, self.runtime.host, self.route_timeout)
-        return InferenceSession(self.runtime, route, max_length)
+        return InferenceSession(self.runtime, self.route(), max_length)
 
     @contextmanager
     def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:

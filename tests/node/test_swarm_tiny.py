@@ -78,7 +78,7 @@ def reference(tiny_model: Path) -> torch.nn.Module:
 
 
 def test_route_uses_all_three_servers(model: DistributedModelForCausalLM) -> None:
-    route = model.runtime.run(model.swarm.wait_for_route, model.runtime.host, 30.0)
+    route = model.route()
     assert [(h.start, h.end) for h in route] == [(0, 1), (1, 5), (5, 6)]
 
 
