@@ -60,8 +60,16 @@ def test_smollm2_greedy_32_tokens_equal_local(
 def test_demo_prints_an_answer_and_exits_0(smollm2_path: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "potluck", "demo", "--max-new-tokens", "24"]
-        + ["--workdir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "potluck",
+            "demo",
+            "--max-new-tokens",
+            "24",
+            "--workdir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
