@@ -9,6 +9,7 @@
     │   │   └── FrameTooLarge        a frame over the configured maximum size
     │   ├── MessageError             a frame whose payload is not a valid message
     │   └── TensorError              a tensor with a bad dtype, shape or byte count
+    ├── InvalidSignature             a signature that does not verify
     ├── NetworkError                 a peer that cannot be reached or went away
     │   └── PeerTimeout              a peer that did not answer in time
     ├── RemoteError                  an error reported by the peer (carries its code)
@@ -72,6 +73,12 @@ class TensorError(WireError):
     """A tensor whose dtype, shape or byte count is wrong."""
 
     code = "bad_tensor"
+
+
+class InvalidSignature(PotluckError):
+    """A signature that does not verify against the key it claims."""
+
+    code = "bad_signature"
 
 
 class NetworkError(PotluckError):

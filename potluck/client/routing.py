@@ -22,6 +22,8 @@ from potluck.wire import ServerInfo
 HOP_COST = 0.002
 #: Throughput assumed for a server that announced none, in tokens/s.
 DEFAULT_THROUGHPUT = 10.0
+#: Announced throughputs are clamped to at least this, so costs stay finite.
+MIN_THROUGHPUT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ def hop_cost(server: ServerInfo, start: int, end: int) -> float:
     """Expected seconds for one token through blocks `[start, end)` of `server`."""
     span_blocks = max(1, server.end - server.start)
     throughput = server.throughput if server.throughput > 0 else DEFAULT_THROUGHPUT
+    throughput = max(throughput, MIN_THROUGHPUT)
     # throughput is announced for the whole span; a part of it costs its share
     return HOP_COST + (end - start) / span_blocks / throughput
 

@@ -51,7 +51,7 @@ class ClientRuntime:
     def _main(self) -> None:
         try:
             trio.run(self._serve)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in __init__
             self._error = exc
         finally:
             self._ready.set()

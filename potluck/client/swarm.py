@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 import trio
 
 from potluck.client.routing import Hop, plan_route
-from potluck.errors import NoRouteError, PotluckError
+from potluck.errors import NoRouteError
+from potluck.p2p.announce import verify_announcement
 from potluck.p2p.discovery import PeerTable
+from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, parse_multiaddr
-from potluck.p2p.protocols import PROTOCOL_RPC
-from potluck.wire import SwarmRequest, SwarmView
+from potluck.wire import SwarmRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,21 @@ class SwarmClient:
         self.num_blocks = num_blocks
         self.clock = clock
         self.request_timeout = request_timeout
-        self.table = PeerTable()
+        self.table = PeerTable(verify=verify_announcement)
         self.banned: set[str] = set()
 
     async def refresh(self, host: PotluckHost) -> None:
         """Pull the view of every initial peer (concurrently, failures ignored)."""
 
-        async def pull(peer_id: str, addr: str) -> None:
-            try:
-                with trio.fail_after(self.request_timeout):
-                    reply = await host.request(peer_id, PROTOCOL_RPC, SwarmRequest(), addrs=[addr])
-            except (PotluckError, trio.TooSlowError) as exc:
-                log.debug("swarm pull from %s failed: %s", addr, exc)
-                return
-            if isinstance(reply, SwarmView):
-                self.table.merge(reply.servers, self.clock())
-
-        async with trio.open_nursery() as nursery:
-            for peer_id, addr in self.initial_peers:
-                nursery.start_soon(pull, peer_id, addr)
+        targets = [(peer_id, [addr]) for peer_id, addr in self.initial_peers]
+        await exchange_views(
+            host,
+            self.table,
+            targets,
+            SwarmRequest(),
+            clock=self.clock,
+            timeout=self.request_timeout,
+        )
 
     def route(self) -> list[Hop]:
         return plan_route(

@@ -167,7 +167,12 @@ class TensorIndex:
         raise ModelError(f"{self.folder} holds no decoder layers or embeddings")
 
     def read(self, names: Iterable[str], *, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The named tensors, converted to `dtype`; ModelError if any is missing."""
+        """The named tensors, converted to `dtype`; ModelError if any is missing.
+
+        Tensors already stored in `dtype` stay mapped from the file: the file
+        must not be rewritten in place while they are in use (Potluck's own
+        conversion replaces folders by renaming).
+        """
         by_file: dict[Path, list[str]] = {}
         for name in names:
             file = self._file_of.get(name)
@@ -178,9 +183,11 @@ class TensorIndex:
         for file, wanted in by_file.items():
             with _open(file) as handle:
                 for name in wanted:
-                    # copy: get_tensor may map the file, and a file edited in place
-                    # must not change (or, truncated, crash) a loaded model
-                    tensors[name] = handle.get_tensor(name).to(dtype, copy=True)
+                    # Like transformers, keep a tensor already in `dtype` mapped from
+                    # the file: processes serving one file share its pages, and the
+                    # CPU kernels see the same addresses (alignment changes fp32
+                    # rounding), so spans match the full model bit for bit.
+                    tensors[name] = handle.get_tensor(name).to(dtype)
         return tensors
 
 

@@ -114,6 +114,8 @@ def prepare_smollm2(cache_dir: Path | None = None, *, progress: bool = True) -> 
         _install(tmp, target)
     except OSError as exc:
         raise ModelError(f"cannot write the converted SmolLM2 to {root}: {exc}") from exc
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot convert {gguf}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -8,6 +8,7 @@ drift apart. Nothing here reads the environment.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,21 @@ class NodeConfig:
         for name in ("cache_tokens", "max_session_length", "sessions_per_peer", "max_frame"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("session_idle_timeout", "request_timeout", "announce_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        for name in (
+            "session_idle_timeout",
+            "request_timeout",
+            "announce_interval",
+            "announce_ttl",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a positive number of seconds"
+                )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
+        if self.compute_threads < 0:
+            raise ConfigError("--compute-threads must be 0 (torch's default) or more")
         if self.announce_ttl <= self.announce_interval:
             raise ConfigError("--announce-ttl must be longer than --announce-interval")
 

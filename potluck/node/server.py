@@ -33,6 +33,7 @@ from potluck import __version__
 from potluck.errors import (
     ConfigError,
     FrameError,
+    InvalidSignature,
     MessageError,
     PotluckError,
     RemoteError,
@@ -43,8 +44,10 @@ from potluck.errors import (
 from potluck.model import BlockSpan, model_identity, resolve_model
 from potluck.node.config import NodeConfig
 from potluck.node.sessions import SessionTable
+from potluck.p2p.announce import sign_announcement, verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.framed import FramedStream
+from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
 from potluck.p2p.identity import load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
@@ -102,7 +105,7 @@ class Server:
         self.span = span
         self.model_id = model_id
         self.clock = clock
-        self.peers = PeerTable()
+        self.peers = PeerTable(verify=verify_announcement, max_ttl=4 * config.announce_ttl)
         self.sessions = SessionTable(
             cache_tokens=config.cache_tokens,
             max_session_length=config.max_session_length,
@@ -118,7 +121,7 @@ class Server:
     def server_info(self) -> ServerInfo | None:
         if self.span is None:
             return None
-        return ServerInfo(
+        info = ServerInfo(
             peer_id=self.host.peer_id,
             addrs=tuple(self.host.addrs),
             model=self.model_id,
@@ -129,6 +132,7 @@ class Server:
             version=__version__,
             expires_at=self.clock() + self.config.announce_ttl,
         )
+        return sign_announcement(info, self.host.identity)
 
     def swarm_view(self) -> SwarmView:
         now = self.clock()
@@ -195,7 +199,7 @@ class Server:
             return
         try:
             reply = await self._rpc(decode_message(payload), stream.remote_peer)
-        except (WireError, RemoteError, SpanError) as exc:
+        except (WireError, RemoteError, SpanError, InvalidSignature) as exc:
             reply = self._error(exc)
         await stream.send(reply)
 
@@ -206,6 +210,7 @@ class Server:
         if isinstance(msg, ServerInfo):
             if msg.peer_id != peer:
                 raise MessageError("an announcement must come from the peer it describes")
+            verify_announcement(msg)
             self.peers.upsert(msg, now)
             return self.swarm_view()
         if isinstance(msg, InfoRequest):
@@ -295,19 +300,14 @@ class Server:
         own = self.server_info()
         message: Message = own if own is not None else SwarmRequest()
 
-        async def one(peer_id: str, addrs: tuple[str, ...]) -> None:
-            try:
-                with trio.fail_after(min(5.0, self.config.request_timeout)):
-                    reply = await self.host.request(peer_id, PROTOCOL_RPC, message, addrs=addrs)
-            except (PotluckError, trio.TooSlowError) as exc:
-                log.debug("announce to %s failed: %s", peer_id, exc)
-                return
-            if isinstance(reply, SwarmView):
-                self.peers.merge(reply.servers, self.clock())
-
-        async with trio.open_nursery() as nursery:
-            for peer_id, addrs in self.announce_targets():
-                nursery.start_soon(one, peer_id, addrs)
+        await exchange_views(
+            self.host,
+            self.peers,
+            self.announce_targets(),
+            message,
+            clock=self.clock,
+            timeout=min(5.0, self.config.request_timeout),
+        )
 
     async def announce_loop(self) -> None:
         while True:

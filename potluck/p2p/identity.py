@@ -82,7 +82,8 @@ def load_or_create_identity(data_dir: Path) -> Identity:
         return Identity(raw)
     identity = Identity.generate()
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # never reuse a leftover file's mode, nor follow a link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, identity.private_bytes)
         os.fsync(fd)

@@ -111,6 +111,9 @@ def _check_int(name: str, value: object, low: int, high: int = _MAX_INT64) -> in
     return value
 
 
+_SIGNATURE = re.compile(r"(?:[0-9a-f]{128})?")
+
+
 def _check_str(name: str, value: object, max_len: int, min_len: int = 1) -> None:
     if not isinstance(value, str) or not min_len <= len(value) <= max_len:
         raise MessageError(f"{name} must be a string of {min_len}..{max_len} characters")
@@ -329,6 +332,7 @@ class ServerInfo(Message):
     free_cache_tokens: int
     version: str  # potluck version
     expires_at: float  # unix time after which this announcement is stale
+    signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
 
     def __post_init__(self) -> None:
         _check_str("peer_id", self.peer_id, _MAX_PEER_ID)
@@ -343,6 +347,8 @@ class ServerInfo(Message):
         _check_int("free_cache_tokens", self.free_cache_tokens, 0)
         _check_str("version", self.version, _MAX_VERSION)
         object.__setattr__(self, "expires_at", _float_field("expires_at", self.expires_at))
+        if not isinstance(self.signature, str) or _SIGNATURE.fullmatch(self.signature) is None:
+            raise MessageError("signature must be empty or 128 lowercase hex digits")
 
     def covers(self, start: int, end: int) -> bool:
         """Whether this server serves every block of the non-empty span [start, end)."""

@@ -16,11 +16,15 @@ TINY_WINDOWS = {"llama": None, "mistral": 8, "qwen2": 8}
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny checkpoints by name: one per architecture, plus "llama-wide", whose wide
+    initialisation makes greedy tokens vary from step to step."""
     root = tmp_path_factory.mktemp("tiny-models")
-    return {
+    models = {
         arch: make_tiny_llama(root / arch, arch=arch, sliding_window=window)
         for arch, window in TINY_WINDOWS.items()
     }
+    models["llama-wide"] = make_tiny_llama(root / "llama-wide", seed=3, initializer_range=0.5)
+    return models
 
 
 @pytest.fixture

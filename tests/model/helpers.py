@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ def load_chain(
 ) -> tuple[ClientHead, list[BlockSpan]]:
     """The head and spans [cuts[0], cuts[1]), [cuts[1], cuts[2]), ..."""
     head = ClientHead.load(path, dtype=dtype)
-    spans = [BlockSpan.load(path, a, b, dtype=dtype) for a, b in zip(cuts, cuts[1:], strict=False)]
+    spans = [BlockSpan.load(path, a, b, dtype=dtype) for a, b in itertools.pairwise(cuts)]
     return head, spans
 
 
@@ -43,7 +44,9 @@ def greedy_full(model: Any, input_ids: torch.Tensor, steps: int) -> Run:
     return logits, torch.cat(tokens, dim=1)
 
 
-def greedy_chain(head: ClientHead, spans: Sequence[BlockSpan], input_ids: torch.Tensor, steps: int) -> Run:
+def greedy_chain(
+    head: ClientHead, spans: Sequence[BlockSpan], input_ids: torch.Tensor, steps: int
+) -> Run:
     caches = [span.new_cache() for span in spans]
     logits: list[torch.Tensor] = []
     tokens: list[torch.Tensor] = []

@@ -9,7 +9,13 @@ import torch
 
 from potluck.errors import ModelError, SpanError
 from potluck.model import BlockSpan, ClientHead, load_config
-from tests.model.helpers import greedy_chain, greedy_full, load_chain, load_full, max_diff
+from tests.model.helpers import (
+    greedy_chain,
+    greedy_full,
+    load_chain,
+    load_full,
+    max_diff,
+)
 
 SPLITS = [(0, 1, 5, 6), (0, 6), (0, 3, 6), (0, 1, 2, 3, 4, 5, 6)]
 
@@ -19,7 +25,7 @@ def prompt(batch: int = 1, seq: int = 11, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 384, (batch, seq), generator=generator)
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "llama-wide", "mistral", "qwen2"])
 @pytest.mark.parametrize("cuts", SPLITS, ids=lambda c: "-".join(map(str, c)))
 def test_chained_spans_equal_full_model(
     tiny_models: dict[str, Path], arch: str, cuts: tuple[int, ...]
@@ -32,6 +38,8 @@ def test_chained_spans_equal_full_model(
     assert max_diff(want_logits, got_logits) <= 1e-6
     assert all(torch.equal(w, g) for w, g in zip(want_logits, got_logits, strict=True))
     assert torch.equal(want_tokens, got_tokens)
+    if arch == "llama-wide":
+        assert len(set(got_tokens[0].tolist())) > 5  # the test sees real decoding
 
 
 def test_batch_of_two_and_bfloat16(tiny_llama: Path) -> None:
@@ -124,9 +132,7 @@ def test_bad_spans_raise_span_error(tiny_llama: Path, start: int, end: int) -> N
 
 
 @pytest.mark.parametrize(("start", "end"), [(1, 3), (2, 6), (3, 3), (4, 3), (0, 5)])
-def test_forward_outside_the_span_raises_span_error(
-    tiny_llama: Path, start: int, end: int
-) -> None:
+def test_forward_outside_the_span_raises_span_error(tiny_llama: Path, start: int, end: int) -> None:
     span = BlockSpan.load(tiny_llama, 2, 5)
     hidden = ClientHead.load(tiny_llama).embed(prompt())
     with pytest.raises(SpanError, match=r"this span's blocks \[2, 5\)"):

@@ -1,0 +1,43 @@
+"""Exchanging swarm views with peers (the I/O around `discovery.PeerTable`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from potluck.errors import PotluckError
+from potluck.p2p.discovery import PeerTable
+from potluck.p2p.host import PotluckHost
+from potluck.p2p.protocols import PROTOCOL_RPC
+from potluck.wire import Message, SwarmView
+
+log = logging.getLogger(__name__)
+
+
+async def exchange_views(
+    host: PotluckHost,
+    table: PeerTable,
+    targets: Sequence[tuple[str, Sequence[str]]],
+    message: Message,
+    *,
+    clock: Callable[[], float],
+    timeout: float,
+) -> None:
+    """Send `message` (our announcement, or a `SwarmRequest`) to every target at once
+    and merge each `SwarmView` that comes back; an unreachable peer is skipped."""
+
+    async def one(peer_id: str, addrs: Sequence[str]) -> None:
+        try:
+            with trio.fail_after(timeout):
+                reply = await host.request(peer_id, PROTOCOL_RPC, message, addrs=addrs)
+        except (PotluckError, trio.TooSlowError) as exc:
+            log.debug("view exchange with %s failed: %s", peer_id, exc)
+            return
+        if isinstance(reply, SwarmView):
+            table.merge(reply.servers, clock())
+
+    async with trio.open_nursery() as nursery:
+        for peer_id, addrs in targets:
+            nursery.start_soon(one, peer_id, addrs)
