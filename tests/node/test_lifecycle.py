@@ -61,8 +61,11 @@ def test_servers_are_announced_and_a_dead_one_expires(tiny_model: Path, tmp_path
                 seen = {s.peer_id for s in _view(runtime, boot.peer_id, boot.addr).servers}
                 time.sleep(0.2)
             assert seen == {a.peer_id, b.peer_id}
-            # a server learns of the other through the bootstrap node
-            b_view = {s.peer_id for s in _view(runtime, b.peer_id, b.addr).servers}
+            # a server learns of the other through the bootstrap node, within an interval or two
+            b_view: set[str] = set()
+            while time.monotonic() < deadline and a.peer_id not in b_view:
+                b_view = {s.peer_id for s in _view(runtime, b.peer_id, b.addr).servers}
+                time.sleep(0.2)
             assert a.peer_id in b_view
 
             a.kill(signal.SIGKILL)
