@@ -41,8 +41,16 @@ def run_demo(
         t0 = time.monotonic()
         boot = swarm.start_node("bootstrap")
         console.print(f"[bold]bootstrap[/] pid {boot.pid} at {boot.addr}")
+        # all servers share this machine's cores: one torch thread each measures
+        # fastest (docs/benchmarks.md); on its own machine a server uses them all
         servers = [
-            swarm.start_node(f"server{i}", model="smollm2", blocks=span, wait=False)
+            swarm.start_node(
+                f"server{i}",
+                model="smollm2",
+                blocks=span,
+                wait=False,
+                extra=["--compute-threads", "1"],
+            )
             for i, span in enumerate(spans, 1)
         ]
         for node, span in zip(servers, spans, strict=True):
