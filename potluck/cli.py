@@ -111,7 +111,8 @@ def node_start(
 def model_prepare(
     name: Annotated[str, typer.Argument(help="Model to prepare: smollm2.")] = "smollm2",
     cache_dir: Annotated[
-        Path | None, typer.Option(help="Where prepared models live (default ~/.cache/potluck).")
+        Path | None,
+        typer.Option(help="Where prepared models live (default ~/.cache/potluck/models)."),
     ] = None,
 ) -> None:
     """Convert a bundled model to a fast-loading safetensors folder, once.
@@ -150,11 +151,26 @@ def demo(
     )
 
 
+def _first_user_error(exc: BaseException) -> PotluckError | None:
+    """The `PotluckError` behind `exc`, also when trio wrapped it in exception groups."""
+    if isinstance(exc, PotluckError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def main() -> None:
     try:
         app()
-    except PotluckError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseException as exc:
+        error = _first_user_error(exc)
+        if error is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        sys.exit(2)

@@ -131,7 +131,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         hidden = self.head.embed(new)  # (batch, new, hidden)
         out = cache.session.step(hidden)  # (batch, new, hidden)
         cache.record(new)
-        return self.head.logits(out).clone()  # (batch, new, vocab)
+        return self.head.logits(out.to(self.head.dtype)).clone()  # (batch, new, vocab)
 
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """`GenerationMixin.generate`, with an inference session opened for the call.

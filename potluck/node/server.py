@@ -52,6 +52,7 @@ from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
 from potluck.p2p.identity import load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
 from potluck.wire import (
+    MAX_SERVERS,
     CloseSession,
     ErrorReply,
     Forward,
@@ -139,7 +140,8 @@ class Server:
         servers = [s for s in self.peers.live(now) if s.peer_id != self.host.peer_id]
         own = self.server_info()
         if own is not None:
-            servers.append(own)
+            servers = [*servers[: MAX_SERVERS - 1], own]
+        servers = servers[:MAX_SERVERS]
         return SwarmView(servers=tuple(servers))
 
     async def measure_throughput(self, tokens: int = 3) -> None:
@@ -328,6 +330,8 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
     """Load the span, start the host, serve; leaving the block shuts down cleanly."""
     if config.compute_threads:
         torch.set_num_threads(config.compute_threads)
+    for addr in config.initial_peers:
+        parse_multiaddr(addr)  # a bad --initial-peers is a ConfigError now, not later
     identity = load_or_create_identity(config.data_dir)
     span: BlockSpan | None = None
     model_id = ""

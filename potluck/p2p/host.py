@@ -178,8 +178,7 @@ async def open_host(
             max_connections_per_peer=1, min_connections=0, low_watermark=0
         ),
     )
-    try:
-        async with raw.run(listen_addrs=[listen]):
-            yield PotluckHost(raw, identity, max_frame=max_frame, timeout=timeout)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    async with raw.run(listen_addrs=[listen]):
+        if not raw.get_addrs():  # libp2p logs a failed bind and carries on without one
+            raise ConfigError(f"cannot listen on {host}:{port} (is the port already in use?)")
+        yield PotluckHost(raw, identity, max_frame=max_frame, timeout=timeout)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import signal
+import socket
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -80,3 +83,28 @@ def test_servers_are_announced_and_a_dead_one_expires(tiny_model: Path, tmp_path
             runtime.close()
         assert a.peer_id not in seen and b.peer_id in seen
         assert gone_after <= 3 + 2  # the TTL, plus the expiry sweep and polling slack
+
+
+def _start_and_fail(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "potluck", "node", "start", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _start_and_fail(tmp_path, "--port", str(port))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_malformed_initial_peer_is_a_one_line_error(tmp_path: Path) -> None:
+    result = _start_and_fail(tmp_path, "--initial-peers", "127.0.0.1:4000")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "127.0.0.1:4000" in result.stderr and "Traceback" not in result.stderr

@@ -290,3 +290,17 @@ def test_stateless_forward_equals_local_blocks(
     assert isinstance(reply, ForwardResult)
     span = BlockSpan.load(tiny_model, 1, 5)
     assert torch.equal(reply.hidden, span.forward(hidden, start=2, end=4))
+
+
+def test_a_bfloat16_client_generates_through_float32_servers(
+    swarm: tuple[LocalSwarm, list[NodeProcess]], tiny_model: Path
+) -> None:
+    local, _ = swarm
+    dist = AutoDistributedModelForCausalLM.from_pretrained(
+        tiny_model, initial_peers=local.bootstrap_addrs, dtype=torch.bfloat16
+    )
+    try:
+        out = dist.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=8, min_new_tokens=8)
+    finally:
+        dist.close()
+    assert out.shape == (1, 11)

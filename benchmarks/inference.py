@@ -1,0 +1,511 @@
+"""Greedy decoding through three server processes vs local transformers, same run.
+
+SmolLM2-135M-Instruct in fp32. A `LocalSwarm` starts a bootstrap node and three
+servers holding blocks 0:10, 10:20 and 20:30; the client generates 128 new
+tokens from a fixed chat prompt through them, and `AutoModelForCausalLM`
+generates the same 128 tokens locally in this process. The sides run
+interleaved `--runs` times after a warm-up and their medians are compared:
+
+    .venv/bin/python benchmarks/inference.py [--runs 3] [--server-threads 1,0]
+        [--omp-passive] [--no-profile] [--no-append]
+
+`--server-threads` lists the `--compute-threads` settings to give the servers
+(0: torch's default); each setting gets its own swarm, all of them up at once
+and run interleaved with the local baseline, and the first one is the
+headline. Printed: tokens/s of each side, the ratio distributed / local, the
+overhead per hop in ms ((distributed - local) per-token time / 3 hops), and
+whether the distributed tokens equal the local ones. The profile then breaks
+one decode step down: each hop's round trip as the client's trio thread sees
+it, the same 10 blocks computed in this process with the servers' number of
+threads, and the round trip to a server of a one-block tiny model (transport
+and protocol with almost no compute). `--omp-passive` sets
+OMP_WAIT_POLICY=PASSIVE for every process, so that idle OpenMP threads sleep
+instead of spinning on the shared cores. A dated section is appended to
+docs/benchmarks.md unless `--no-append` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+SPANS = ("0:10", "10:20", "20:30")
+PROMPT = "Explain in a few sentences why the sky is blue."
+COMMAND = ".venv/bin/python benchmarks/inference.py"
+
+
+@dataclass
+class Figures:
+    """Wall-clock seconds of each run of one side, and the tokens it produced."""
+
+    label: str
+    seconds: list[float] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+@dataclass
+class Profile:
+    """Medians, in ms, of one decode step (one token) and of its parts."""
+
+    local_forward_ms: float  # the local model's forward, all blocks and the head
+    step_ms: float  # InferenceSession.step as generate() calls it, head work in between
+    head_ms: float  # the client's norm + LM head for one token
+    hop_ms: list[float]  # each hop's forward, timed on the client's trio thread
+    span_ms: list[float]  # the same blocks computed in this process
+    tiny_hop_ms: float  # a hop to a one-block tiny model: transport + protocol
+    session_ms: float  # finding a route, opening and closing a session: once per generate()
+    prefill_ms: float  # the prompt through the 3 hops
+    local_prefill_ms: float  # the prompt through the local model
+    startup_ms: list[float]  # 1 / throughput each server announced (measured at start)
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def ms(values: Sequence[float]) -> float:
+    return 1000 * statistics.median(values)
+
+
+def load_average() -> str:
+    """The 1-minute load average: other work on the machine skews every figure."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def potluck_source() -> str:
+    """Where `potluck` was imported from, its git commit, and whether its files differ."""
+    import potluck
+
+    folder = Path(potluck.__file__).resolve().parent
+
+    def git(*words: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(folder), *words], check=True, capture_output=True, text=True
+        )
+        return out.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        if git("status", "--porcelain", "--", "."):
+            commit += ", with uncommitted changes in potluck/"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    return f"{folder} ({commit})"
+
+
+def command_line() -> str:
+    """The command that ran this benchmark, relative to the repository when it can be."""
+    exe = Path(sys.executable)
+    if Path.cwd().resolve() == ROOT and exe.absolute().parent.parent == ROOT / ".venv":
+        words = [COMMAND]
+    else:
+        words = [f"cd {Path.cwd()} &&", str(exe), str(Path(__file__).resolve())]
+    return " ".join([*words, *sys.argv[1:]])
+
+
+def threads_label(threads: int) -> str:
+    return "torch default" if threads == 0 else f"--compute-threads {threads}"
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,0, not {text!r}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError("give distinct thread counts >= 0, like 1,0")
+    return values
+
+
+# -- the profile ----------------------------------------------------------------
+
+
+def profile_step(
+    model: Any,
+    local: Any,
+    path: Path,
+    prompt_ids: Any,
+    tiny_addr: str,
+    *,
+    steps: int,
+    server_threads: int,
+) -> Profile:
+    """Time one decode step hop by hop, and the same compute done in this process."""
+    import torch
+
+    from potluck.client.routing import Hop
+    from potluck.client.session import HopSession
+    from potluck.model import BlockSpan
+    from potluck.p2p.host import parse_multiaddr
+    from potluck.p2p.protocols import PROTOCOL_RPC
+    from potluck.wire import InfoRequest, ServerInfo
+
+    runtime = model.runtime
+    token = torch.zeros(1, 1, dtype=torch.long)
+    spans = [BlockSpan.load(path, int(a), int(b)) for a, b in (s.split(":") for s in SPANS)]
+
+    async def hop_times(hops: Sequence[Any], hidden: torch.Tensor) -> list[float]:
+        """Run `hidden` through `hops` on the trio thread, timing each hop there."""
+        times = []
+        for hop in hops:
+            t0 = time.perf_counter()
+            hidden = await hop.forward(hidden)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def open_and_close() -> None:
+        with model.inference_session(max_length=8):
+            pass
+
+    session_s = [timed(open_and_close)[0] for _ in range(5)]
+    prefill_s: list[float] = []
+    step_s: list[float] = []
+    head_s: list[float] = []
+    hop_s: list[list[float]] = [[] for _ in SPANS]
+    span_s: list[list[float]] = [[] for _ in SPANS]
+    with model.inference_session(max_length=prompt_ids.shape[1] + 2 * steps) as session:
+        route = session.route
+        prompt_hidden = model.head.embed(prompt_ids)  # (1, prompt, hidden)
+        prefill_s.append(timed(lambda: session.step(prompt_hidden))[0])
+        # as in generate(): each step followed by the client's own head (2 threads)
+        for _ in range(steps):
+            x = model.head.embed(token)  # (1, 1, hidden)
+            seconds, out = timed(partial(session.step, x))
+            step_s.append(seconds)
+            head_s.append(timed(partial(model.head.logits, out))[0])
+        # the hops back to back, timed on the trio thread, no torch work in between
+        for _ in range(steps):
+            x = model.head.embed(token)
+            for i, seconds in enumerate(runtime.run(hop_times, session.hops, x)):
+                hop_s[i].append(seconds)
+            session.position += 1  # the hops were driven directly
+    # the servers' compute, redone here with the servers' number of threads
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(server_threads or own_threads)
+    try:
+        caches = [span.new_cache() for span in spans]
+        h = prompt_hidden
+        for span, cache in zip(spans, caches, strict=True):
+            h = span.forward(h, cache)
+        for _ in range(steps):
+            h = model.head.embed(token)
+            for i, (span, cache) in enumerate(zip(spans, caches, strict=True)):
+                seconds, h = timed(partial(span.forward, h, cache))
+                span_s[i].append(seconds)
+    finally:
+        torch.set_num_threads(own_threads)
+
+    tiny_peer = str(parse_multiaddr(tiny_addr).get_peer_id())
+
+    async def tiny_round_trips() -> list[float]:
+        info = await runtime.host.request(tiny_peer, PROTOCOL_RPC, InfoRequest(), addrs=[tiny_addr])
+        assert isinstance(info, ServerInfo)
+        hop = HopSession(Hop(info, info.start, info.start + 1), max_length=steps + 1)
+        await hop.open(runtime.host)
+        try:
+            hidden = torch.zeros(1, 1, 64)  # the tiny model's hidden size
+            return [t for _ in range(steps) for t in await hop_times([hop], hidden)]
+        finally:
+            await hop.close()
+
+    tiny_s = runtime.run(tiny_round_trips)
+
+    local_s: list[float] = []
+    with torch.inference_mode():
+        seconds, out = timed(lambda: local(prompt_ids, use_cache=True))
+        local_prefill_s = [seconds]
+        past = out.past_key_values
+        for _ in range(steps):
+            seconds, out = timed(partial(local, token, past_key_values=past, use_cache=True))
+            local_s.append(seconds)
+            past = out.past_key_values
+
+    return Profile(
+        local_forward_ms=ms(local_s),
+        step_ms=ms(step_s),
+        head_ms=ms(head_s),
+        hop_ms=[ms(v) for v in hop_s],
+        span_ms=[ms(v) for v in span_s],
+        tiny_hop_ms=ms(tiny_s),
+        session_ms=ms(session_s),
+        prefill_ms=ms(prefill_s),
+        local_prefill_ms=ms(local_prefill_s),
+        startup_ms=[1000 / hop.server.throughput for hop in route],
+    )
+
+
+def profile_lines(p: Profile) -> list[str]:
+    lines = [
+        "| one decode step (1 token) | median |",
+        "|---|---:|",
+        f"| local model forward, 30 blocks + head, in this process | {p.local_forward_ms:.1f} ms |",
+        f"| `InferenceSession.step` through the 3 hops, as in `generate` | {p.step_ms:.1f} ms |",
+        f"| client's norm + LM head after each step | {p.head_ms:.1f} ms |",
+    ]
+    for i, (hop, span) in enumerate(zip(p.hop_ms, p.span_ms, strict=True)):
+        lines += [
+            f"| hop {i + 1} ({SPANS[i]}): round trip on the client's trio thread | {hop:.1f} ms |",
+            f"| hop {i + 1}: the same 10 blocks computed in this process, with the "
+            f"servers' threads | {span:.1f} ms |",
+        ]
+    lines += [
+        f"| sum of hop round trips minus sum of in-process compute "
+        f"| {sum(p.hop_ms) - sum(p.span_ms):.1f} ms |",
+        f"| step as in `generate` minus the sum of back-to-back hop round trips "
+        f"| {p.step_ms - sum(p.hop_ms):.1f} ms |",
+        f"| round trip to a server of a 1-block tiny model (transport + protocol floor) "
+        f"| {p.tiny_hop_ms:.1f} ms |",
+        f"| prompt prefill: local model / through the 3 hops "
+        f"| {p.local_prefill_ms:.1f} / {p.prefill_ms:.1f} ms |",
+        f"| route + open + close a session (once per `generate`) | {p.session_ms:.1f} ms |",
+        "| servers' own figure at start-up (1 / announced throughput), hops 1-3 | "
+        + ", ".join(f"{v:.1f}" for v in p.startup_ms)
+        + " ms |",
+    ]
+    return lines
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from potluck.client import AutoDistributedModelForCausalLM
+    from potluck.model import resolve_model
+    from potluck.testing.models import make_tiny_llama
+    from potluck.testing.swarm import LocalSwarm
+
+    load_before = load_average()
+    path = resolve_model("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    messages = [{"role": "user", "content": PROMPT}]
+    prompt_ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    kwargs: dict[str, Any] = {
+        "do_sample": False,
+        "min_new_tokens": args.new_tokens,
+        "max_new_tokens": args.new_tokens,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
+    local = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    local.eval()
+
+    workdir = Path(tempfile.mkdtemp(prefix="potluck-bench-"))
+    swarms = [LocalSwarm(workdir / f"threads{t}") for t in args.server_threads]
+    models: list[Any] = []
+    results = [Figures("local")] + [Figures(f"distributed-{t}") for t in args.server_threads]
+    profile: Profile | None = None
+    try:
+        for swarm, threads in zip(swarms, args.server_threads, strict=True):
+            extra = ["--compute-threads", str(threads)] if threads else []
+            boot = swarm.start_node("bootstrap")
+            servers = [
+                swarm.start_node(f"server{i}", model="smollm2", blocks=s, extra=extra, wait=False)
+                for i, s in enumerate(SPANS, 1)
+            ]
+            for node in servers:
+                swarm.wait_ready(node)
+            models.append(
+                AutoDistributedModelForCausalLM.from_pretrained(
+                    "smollm2", initial_peers=[boot.addr]
+                )
+            )
+        sides: list[Callable[[], Any]] = [lambda: local.generate(prompt_ids, **kwargs)]
+        sides += [partial(m.generate, prompt_ids, **kwargs) for m in models]
+        for figures, generate in zip(results, sides, strict=True):
+            print(f"warm-up {figures.label} ...", flush=True)
+            generate()
+        for i in range(args.runs):
+            order = list(range(len(sides)))
+            order = order[i % len(order) :] + order[: i % len(order)]  # rotate who goes first
+            for k in order:
+                seconds, out = timed(sides[k])
+                new = out[0, prompt_ids.shape[1] :].tolist()
+                if len(new) != args.new_tokens:
+                    raise SystemExit(
+                        f"{results[k].label}: {len(new)} tokens, not {args.new_tokens}"
+                    )
+                results[k].seconds.append(seconds)
+                results[k].tokens.append(new)
+                print(f"run {i + 1} {results[k].label}: {args.new_tokens / seconds:.2f} tokens/s")
+        if args.profile:
+            tiny = make_tiny_llama(workdir / "tiny", num_layers=1)
+            extra = ["--compute-threads", str(t)] if (t := args.server_threads[0]) else []
+            node = swarms[0].start_node("tiny", model=str(tiny), blocks="0:1", extra=extra)
+            profile = profile_step(
+                models[0],
+                local,
+                path,
+                prompt_ids,
+                node.addr,
+                steps=args.profile_steps,
+                server_threads=args.server_threads[0],
+            )
+    finally:
+        for model in models:
+            model.close()
+        for swarm in swarms:
+            swarm.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept, with the nodes' logs, on failure
+
+    text = tokenizer.decode(results[0].tokens[0])
+    report(args, results, profile, prompt_ids.shape[1], text, (load_before, load_average()))
+
+
+def report(
+    args: argparse.Namespace,
+    results: list[Figures],
+    profile: Profile | None,
+    prompt_tokens: int,
+    text: str,
+    loads: tuple[str, str],
+) -> None:
+    import torch
+
+    n = args.new_tokens
+    hops = len(SPANS)
+    local, dists = results[0], results[1:]
+    labels = ["local transformers `generate`"] + [
+        f"distributed, 3 servers, {threads_label(t)}" for t in args.server_threads
+    ]
+    rows = [
+        "| | tokens/s (median) | ms/token (median) | tokens/s (best) | runs (tokens/s) |",
+        "|---|---:|---:|---:|---|",
+        *(
+            f"| {label} | {n / f.median():.2f} | {1000 * f.median() / n:.1f} | "
+            f"{n / min(f.seconds):.2f} | " + ", ".join(f"{n / s:.2f}" for s in f.seconds) + " |"
+            for label, f in zip(labels, results, strict=True)
+        ),
+    ]
+    same = all(t == local.tokens[0] for f in results for t in f.tokens)
+    summary = []
+    for threads, dist in zip(args.server_threads, dists, strict=True):
+        ratio = local.median() / dist.median()
+        best = min(local.seconds) / min(dist.seconds)
+        per_hop = 1000 * (dist.median() - local.median()) / n / hops
+        headline = " (headline)" if dist is dists[0] else ""
+        summary.append(
+            f"- servers with {threads_label(threads)}{headline}: ratio distributed / local "
+            f"**{ratio:.2f}** (target 0.85; best run against best run {best:.2f}); "
+            f"overhead per hop **{per_hop:.1f} ms** per token"
+        )
+    summary.append(f"- distributed tokens equal local tokens: **{'yes' if same else 'NO'}**")
+    plines = profile_lines(profile) if profile is not None else []
+
+    print()
+    print("\n".join(rows))
+    print("\n".join(summary))
+    print(f"sample output: {text[:160]!r}")
+    print(f"load average {loads[0]} -> {loads[1]}; potluck from {potluck_source()}")
+    if plines:
+        print()
+        print("\n".join(plines))
+    if args.no_append:
+        return
+
+    section = [
+        f"## Inference: 3 server processes vs local transformers ({datetime.date.today()})",
+        "",
+        f"SmolLM2-135M-Instruct, fp32, greedy (`do_sample=False`), {n} new tokens "
+        f"(`min_new_tokens = max_new_tokens = {n}`) after a {prompt_tokens}-token chat "
+        f"prompt. A bootstrap node and servers holding blocks {', '.join(SPANS)} run as "
+        "separate processes on 127.0.0.1 (`LocalSwarm`); the client and the local "
+        "baseline share the benchmark's process. Time is the wall clock of the whole "
+        "`generate` call (prefill included; for the distributed side also finding a "
+        f"route and opening the session). Each side ran {args.runs} times, interleaved "
+        "with a rotating order, after a warm-up; medians, with the best run beside them. "
+        "Overhead per hop = (distributed - local) per-token time / 3.",
+        "",
+        f"Machine: {os.cpu_count()} cores (nproc), {platform.machine()}, torch "
+        f"{torch.__version__} with {torch.get_num_threads()} threads in the client and "
+        "baseline process; servers' torch threads as labelled (`--compute-threads`; "
+        "torch's default is one per core). Every process shares the same cores. "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}. Python "
+        f"{platform.python_version()}; 1-minute load average {loads[0]} before and "
+        f"{loads[1]} after the run; potluck from {potluck_source()}.",
+        "",
+        *rows,
+        "",
+        *summary,
+        "",
+    ]
+    if plines:
+        section += [
+            f"Where one decode step goes ({threads_label(args.server_threads[0])} servers, "
+            f"median of {args.profile_steps} steps):",
+            "",
+            *plines,
+            "",
+        ]
+    section += [f"Command: `{command_line()}`", ""]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    DOC.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(section))
+    print(f"\nappended to {DOC.relative_to(ROOT)}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each side (default 3)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
+    parser.add_argument(
+        "--server-threads",
+        type=parse_threads,
+        default=[1, 0],
+        help="comma-separated --compute-threads settings for the servers, headline first; "
+        "0 is torch's default (default: 1,0)",
+    )
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the breakdown of one decode step",
+    )
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="set OMP_WAIT_POLICY=PASSIVE for every process (baseline, client, servers)",
+    )
+    parser.add_argument("--profile-steps", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--no-append", action="store_true", help="do not edit docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.new_tokens < 1:
+        parser.error("--runs and --new-tokens must be at least 1")
+    if args.omp_passive:  # before torch starts OpenMP here; the servers inherit it
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
