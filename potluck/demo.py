@@ -31,7 +31,7 @@ def run_demo(
 
     from potluck.client import AutoDistributedModelForCausalLM
 
-    console = Console()
+    console = Console(soft_wrap=True)
     path = resolve_model("smollm2")  # converts the bundled GGUF on first use
     blocks = num_blocks(load_config(path))
     spans = SPANS if blocks == 30 else (f"0:{blocks // 2}", f"{blocks // 2}:{blocks}")
