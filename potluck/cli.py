@@ -67,6 +67,9 @@ def node_start(
     compute_threads: Annotated[
         int, typer.Option(help=_HELP["compute_threads"])
     ] = _DEFAULT.compute_threads,
+    compute_delay: Annotated[
+        float, typer.Option(help=_HELP["compute_delay"])
+    ] = _DEFAULT.compute_delay,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -92,6 +95,7 @@ def node_start(
         announce_interval=announce_interval,
         announce_ttl=announce_ttl,
         compute_threads=compute_threads,
+        compute_delay=compute_delay,
     )
 
     def ready(server: object) -> None:

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
-from potluck.client.session import InferenceSession
+from potluck.client.session import FailoverPolicy, InferenceSession
 from potluck.client.swarm import SwarmClient
 from potluck.errors import ConfigError
 from potluck.model import ClientHead, load_config, model_identity, num_blocks, resolve_model
@@ -88,16 +88,20 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         head: ClientHead,
         runtime: ClientRuntime,
         swarm: SwarmClient,
-        route_timeout: float = 30.0,
+        failover: FailoverPolicy | None = None,
     ) -> None:
         super().__init__(config)
         self.head = head
         self.runtime = runtime
         self.swarm = swarm
-        self.route_timeout = route_timeout
+        self.failover = failover or FailoverPolicy()
         vocab, hidden = head.embed_weight.shape
         self._embeddings = nn.Embedding(vocab, hidden, _weight=head.embed_weight, _freeze=True)
         self._active: RemoteCache | None = None
+        #: The session a running `generate()` uses (for progress callbacks and tests).
+        self.current_session: InferenceSession | None = None
+        #: How many failed hops the last `generate()` replaced.
+        self.last_session_failovers = 0
 
     # -- Hugging Face plumbing ------------------------------------------------
 
@@ -149,7 +153,12 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
             raise ConfigError("generate() needs input_ids")
         max_length = self._max_length(ids.shape[-1], kwargs)
         with self._open_session(max_length=max_length) as session:
-            return super().generate(inputs, past_key_values=RemoteCache(session), **kwargs)
+            self.current_session = session
+            try:
+                return super().generate(inputs, past_key_values=RemoteCache(session), **kwargs)
+            finally:
+                self.current_session = None
+                self.last_session_failovers = session.failovers
 
     def _max_length(self, prompt: int, kwargs: dict[str, Any]) -> int:
         gen = kwargs.get("generation_config") or self.generation_config
@@ -163,10 +172,14 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
     def route(self) -> list[Hop]:
         """The servers a new session would use, waiting up to `route_timeout` for coverage."""
-        return self.runtime.run(self.swarm.wait_for_route, self.runtime.host, self.route_timeout)
+        return self.runtime.run(
+            self.swarm.wait_for_route, self.runtime.host, self.failover.route_timeout
+        )
 
     def _open_session(self, *, max_length: int) -> InferenceSession:
-        return InferenceSession(self.runtime, self.route(), max_length)
+        return InferenceSession(
+            self.runtime, self.swarm, self.route(), max_length, policy=self.failover
+        )
 
     @contextmanager
     def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:
@@ -199,6 +212,8 @@ class AutoDistributedModelForCausalLM:
         initial_peers: Sequence[str],
         route_timeout: float = 30.0,
         request_timeout: float = 60.0,
+        step_timeout: float = 30.0,
+        max_failovers: int = 8,
         identity: Identity | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> DistributedModelForCausalLM:
@@ -206,6 +221,9 @@ class AutoDistributedModelForCausalLM:
 
         `name_or_path` is "smollm2" or a local checkpoint folder; the servers
         must serve the same checkpoint (compared by its identity hash).
+        `route_timeout` bounds the wait for servers covering the model;
+        a hop slower than `step_timeout` for one step is replaced, as is one
+        that dies or errs, up to `max_failovers` times per step.
         """
         path = resolve_model(str(name_or_path))
         config = load_config(path)
@@ -215,8 +233,11 @@ class AutoDistributedModelForCausalLM:
             initial_peers, model_id=model_identity(path), num_blocks=num_blocks(config)
         )
         runtime = ClientRuntime(identity, timeout=request_timeout)
+        policy = FailoverPolicy(
+            step_timeout=step_timeout, route_timeout=route_timeout, max_failovers=max_failovers
+        )
         model = DistributedModelForCausalLM(
-            config, head=head, runtime=runtime, swarm=swarm, route_timeout=route_timeout
+            config, head=head, runtime=runtime, swarm=swarm, failover=policy
         )
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)

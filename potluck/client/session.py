@@ -6,22 +6,37 @@ order and returns the last hop's output. The client keeps every input it
 sent to each hop (`HopSession.history`), so that a replacement server can be
 given the whole history as one prefill.
 
-The async classes run on the client's trio thread; `InferenceSession` is the
+When a hop fails, the session replaces it (see `InferenceSession`). The
+async classes run on the client's trio thread; `InferenceSession` is the
 synchronous face used by generation code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import torch
+import trio
 
 from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
-from potluck.errors import MessageError, NetworkError, PotluckError, remote_error
+from potluck.client.swarm import SwarmClient
+from potluck.errors import (
+    MessageError,
+    NetworkError,
+    NoRouteError,
+    PeerTimeout,
+    PotluckError,
+    RemoteError,
+    TensorError,
+    remote_error,
+)
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
@@ -35,7 +50,10 @@ from potluck.wire import (
     StepResult,
 )
 
+log = logging.getLogger(__name__)
+
 WIRE_DTYPE = torch.float32
+T = TypeVar("T")
 
 
 def _check_reply(reply: Message | None, expected: type[Message], peer: str) -> Message:
@@ -61,8 +79,19 @@ class HopSession:
         self.step = 0
         self.position = 0
         self.history: list[torch.Tensor] = []  # inputs sent, for replay
+        self.failed = False  # set when a call to this server raised
+
+    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except BaseException:
+            self.failed = True
+            raise
 
     async def open(self, host: PotluckHost) -> None:
+        await self._guard(lambda: self._open(host))
+
+    async def _open(self, host: PotluckHost) -> None:
         server = self.hop.server
         self.stream = await host.open_stream(server.peer_id, PROTOCOL_INFERENCE, addrs=server.addrs)
         await self.stream.send(
@@ -72,6 +101,9 @@ class HopSession:
 
     async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (batch, seq, hidden) -> the hop's output, same shape."""
+        return await self._guard(lambda: self._forward(hidden))
+
+    async def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.stream is None:
             raise NetworkError("session is not open")
         hidden = hidden.to(WIRE_DTYPE).contiguous()
@@ -92,23 +124,60 @@ class HopSession:
         stream, self.stream = self.stream, None
         if stream is None:
             return
-        try:
+        with contextlib.suppress(PotluckError), trio.move_on_after(5):
             await stream.send(CloseSession(self.session_id))
             await stream.receive()
-        except PotluckError:
-            pass
         await stream.close()
+
+    async def abandon(self) -> None:
+        """Drop the stream without a goodbye (the server is dead or misbehaving)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            await stream.reset()
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    """How a session survives servers that die, stall or fail mid-generation."""
+
+    #: Seconds one hop may take for one step before it counts as stalled.
+    step_timeout: float = 30.0
+    #: Seconds to wait for the swarm to offer replacement servers.
+    route_timeout: float = 30.0
+    #: Replacements tried within one step before giving up.
+    max_failovers: int = 8
+
+
+#: Errors after which a hop is replaced: the peer, not our input, is at fault.
+_HOP_FAILURES = (NetworkError, RemoteError, MessageError, TensorError)
 
 
 class InferenceSession:
-    """A session through every hop of a route; synchronous, for generation code."""
+    """A session through every hop of a route; synchronous, for generation code.
 
-    def __init__(self, runtime: ClientRuntime, route: Sequence[Hop], max_length: int) -> None:
+    When a hop fails (its process died, it stalled past `step_timeout`, or it
+    answered with an error), the session bans that server, routes its blocks
+    through other servers (possibly several), replays every input the failed
+    hop had received as one prefill into the replacements' fresh caches, and
+    carries on with the current step. Hops before and after keep their caches.
+    """
+
+    def __init__(
+        self,
+        runtime: ClientRuntime,
+        swarm: SwarmClient,
+        route: Sequence[Hop],
+        max_length: int,
+        *,
+        policy: FailoverPolicy | None = None,
+    ) -> None:
         self.runtime = runtime
-        self.route = list(route)
+        self.swarm = swarm
         self.max_length = max_length
-        self.hops = [HopSession(hop, max_length) for hop in self.route]
+        self.policy = policy or FailoverPolicy()
+        self.hops = [HopSession(hop, max_length) for hop in route]
         self.position = 0
+        self.failovers = 0
         self._closed = False
         try:
             runtime.run(self._open)
@@ -116,14 +185,82 @@ class InferenceSession:
             self.close()
             raise
 
+    @property
+    def route(self) -> list[Hop]:
+        return [hop.hop for hop in self.hops]
+
     async def _open(self) -> None:
-        for hop in self.hops:
-            await hop.open(self.runtime.host)
+        i = 0
+        while i < len(self.hops):
+            try:
+                await self.hops[i].open(self.runtime.host)
+                i += 1
+            except _HOP_FAILURES as exc:  # e.g. a server refusing for lack of cache
+                i += await self._replace(i, exc, attempt=1)
+
+    async def _forward(self, hop: HopSession, hidden: torch.Tensor) -> torch.Tensor:
+        try:
+            with trio.fail_after(self.policy.step_timeout):
+                return await hop.forward(hidden)
+        except trio.TooSlowError:
+            raise PeerTimeout(
+                f"server {hop.hop.peer_id} took over {self.policy.step_timeout:.0f} s for a step"
+            ) from None
 
     async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
-        for hop in self.hops:
-            hidden = await hop.forward(hidden)
+        i, attempts = 0, 0
+        while i < len(self.hops):
+            try:
+                out = await self._forward(self.hops[i], hidden)
+            except _HOP_FAILURES as exc:
+                attempts += 1
+                if attempts > self.policy.max_failovers:
+                    raise
+                await self._replace(i, exc, attempt=attempts)
+                continue  # the same input, now to the first replacement
+            hidden = out
+            i += 1
         return hidden
+
+    async def _replace(self, i: int, exc: BaseException, *, attempt: int) -> int:
+        """Swap hop `i` for fresh, open hops over its blocks, rebuilt from its
+        history; returns how many hops took its place."""
+        if attempt > self.policy.max_failovers:
+            raise NoRouteError(f"gave up after {attempt - 1} failovers: {exc}") from exc
+        failed = self.hops[i]
+        where = f"{failed.hop.start}:{failed.hop.end} on {failed.hop.peer_id}"
+        log.warning("hop %s failed: %s", where, exc)
+        self.swarm.ban(failed.hop.peer_id)
+        await failed.abandon()
+        history = torch.cat(failed.history, dim=1) if failed.history else None
+        while True:
+            route = await self.swarm.wait_for_route(
+                self.runtime.host,
+                self.policy.route_timeout,
+                start=failed.hop.start,
+                end=failed.hop.end,
+            )
+            fresh = [HopSession(hop, self.max_length) for hop in route]
+            try:
+                replay = history
+                for hop in fresh:
+                    await hop.open(self.runtime.host)
+                    if replay is not None:
+                        replay = await self._forward(hop, replay)
+            except _HOP_FAILURES as again:
+                bad = next((h for h in fresh if h.failed), fresh[-1])
+                log.warning("replacement %s failed too: %s", bad.hop.peer_id, again)
+                self.swarm.ban(bad.hop.peer_id)
+                for hop in fresh:
+                    await hop.abandon()
+                attempt += 1
+                if attempt > self.policy.max_failovers:
+                    raise NoRouteError(f"gave up after {attempt - 1} failovers: {again}") from again
+                continue
+            break
+        self.hops[i : i + 1] = fresh
+        self.failovers += 1
+        return len(fresh)
 
     def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Send (batch, seq, hidden) states of new tokens through all hops."""

@@ -1,31 +1,42 @@
-"""The client's view of the swarm, pulled from its initial peers.
+"""The client's view of the swarm, kept fresh from its peers.
 
-On start the client asks each initial peer for its `SwarmView` and keeps
-asking until the servers it knows cover every block of the model, or the
-time limit passes (then `NoRouteError` says which block is missing).
+The client asks its initial peers (and a few servers it already knows, in
+case the initial peers are gone) for their `SwarmView`, measures the round
+trip to each candidate server with an `InfoRequest`, and routes with those
+RTTs. Peers that fail are banned for a while (`routing.Banlist`); a server
+that does not answer the RTT probe is banned before any session tries it.
+`wait_for_route` keeps refreshing until the servers cover the blocks asked
+for, or the time limit passes (then `NoRouteError` names the missing block).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
 import trio
 
-from potluck.client.routing import Hop, plan_route
-from potluck.errors import NoRouteError
+from potluck.client.routing import Banlist, Hop, plan_route
+from potluck.errors import NoRouteError, PotluckError
 from potluck.p2p.announce import verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, parse_multiaddr
-from potluck.wire import SwarmRequest
+from potluck.p2p.protocols import PROTOCOL_RPC
+from potluck.wire import InfoRequest, ServerInfo, SwarmRequest
 
 log = logging.getLogger(__name__)
 
+#: Known servers also asked for their view on each refresh.
+EXTRA_VIEW_SOURCES = 3
+#: Seconds a measured RTT stays fresh.
+RTT_TTL = 60.0
+
 
 class SwarmClient:
-    """Known servers for one model, refreshed from the initial peers."""
+    """Known servers for one model, refreshed from peers, with RTTs and bans."""
 
     def __init__(
         self,
@@ -35,6 +46,7 @@ class SwarmClient:
         num_blocks: int,
         clock: Callable[[], float] = time.time,
         request_timeout: float = 5.0,
+        banlist: Banlist | None = None,
     ) -> None:
         if not initial_peers:
             raise NoRouteError("no initial peers given: pass initial_peers=[multiaddress, ...]")
@@ -44,12 +56,28 @@ class SwarmClient:
         self.clock = clock
         self.request_timeout = request_timeout
         self.table = PeerTable(verify=verify_announcement)
-        self.banned: set[str] = set()
+        self.banlist = banlist or Banlist()
+        self.rtt: dict[str, float] = {}
+        self._rtt_at: dict[str, float] = {}
+
+    def ban(self, peer_id: str) -> None:
+        until = self.banlist.ban(peer_id, self.clock())
+        log.info("banned %s for %.0f s", peer_id, until - self.clock())
+
+    def servers(self) -> list[ServerInfo]:
+        """Live, unbanned servers of this model."""
+        now = self.clock()
+        banned = self.banlist.banned(now)
+        return [
+            s for s in self.table.live(now) if s.model == self.model_id and s.peer_id not in banned
+        ]
 
     async def refresh(self, host: PotluckHost) -> None:
-        """Pull the view of every initial peer (concurrently, failures ignored)."""
-
-        targets = [(peer_id, [addr]) for peer_id, addr in self.initial_peers]
+        """Pull views from the initial peers and a few known servers, then probe RTTs."""
+        targets: list[tuple[str, Sequence[str]]] = [(p, [a]) for p, a in self.initial_peers]
+        known = [s for s in self.servers() if s.peer_id not in dict(self.initial_peers)]
+        for server in random.sample(known, min(EXTRA_VIEW_SOURCES, len(known))):
+            targets.append((server.peer_id, server.addrs))
         await exchange_views(
             host,
             self.table,
@@ -58,23 +86,63 @@ class SwarmClient:
             clock=self.clock,
             timeout=self.request_timeout,
         )
+        await self.measure_rtts(host)
 
-    def route(self) -> list[Hop]:
+    async def measure_rtts(self, host: PotluckHost) -> None:
+        """Time an `InfoRequest` to each server whose RTT is stale; ban the silent ones."""
+        now = self.clock()
+        stale = [s for s in self.servers() if now - self._rtt_at.get(s.peer_id, -1e9) > RTT_TTL]
+
+        async def probe(server: ServerInfo) -> None:
+            try:
+                with trio.fail_after(self.request_timeout):
+                    samples = []
+                    for _ in range(2):  # the first includes dialling
+                        t0 = trio.current_time()
+                        await host.request(
+                            server.peer_id, PROTOCOL_RPC, InfoRequest(), addrs=server.addrs
+                        )
+                        samples.append(trio.current_time() - t0)
+            except (PotluckError, trio.TooSlowError) as exc:
+                log.debug("RTT probe of %s failed: %s", server.peer_id, exc)
+                self.ban(server.peer_id)
+                return
+            self.rtt[server.peer_id] = min(samples)
+            self._rtt_at[server.peer_id] = self.clock()
+
+        async with trio.open_nursery() as nursery:
+            for server in stale:
+                nursery.start_soon(probe, server)
+
+    def route(
+        self, start: int = 0, end: int | None = None, *, min_free_cache: int = 0
+    ) -> list[Hop]:
         return plan_route(
-            self.table.live(self.clock()),
+            self.servers(),
             self.num_blocks,
+            start=start,
+            end=end,
             model=self.model_id,
-            exclude=frozenset(self.banned),
+            rtt=self.rtt,
+            min_free_cache=min_free_cache,
         )
 
-    async def wait_for_route(self, host: PotluckHost, timeout: float) -> list[Hop]:
-        """Refresh until a route covers every block; `NoRouteError` after `timeout` s."""
+    async def wait_for_route(
+        self,
+        host: PotluckHost,
+        timeout: float,
+        *,
+        start: int = 0,
+        end: int | None = None,
+        min_free_cache: int = 0,
+    ) -> list[Hop]:
+        """Refresh until a route covers `[start, end)`; `NoRouteError` after `timeout` s."""
         last: NoRouteError | None = None
         with trio.move_on_after(timeout):
             while True:
                 await self.refresh(host)
                 try:
-                    return self.route()
+                    return self.route(start, end, min_free_cache=min_free_cache)
                 except NoRouteError as exc:
                     last = exc
                 await trio.sleep(0.25)

@@ -55,6 +55,9 @@ class NodeConfig:
     announce_interval: float = _opt(5.0, "Seconds between announcements to known peers.")
     announce_ttl: float = _opt(20.0, "Seconds an announcement stays valid.")
     compute_threads: int = _opt(0, "torch threads for compute (0: torch's default).")
+    compute_delay: float = _opt(
+        0.0, "TESTING AID: sleep this many seconds before every computation (a slow server)."
+    )
 
     def __post_init__(self) -> None:
         if self.blocks is not None and self.model is None:
@@ -79,6 +82,8 @@ class NodeConfig:
                 )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
+        if not (math.isfinite(self.compute_delay) and self.compute_delay >= 0):
+            raise ConfigError("--compute-delay must be 0 or more seconds")
         if self.compute_threads < 0:
             raise ConfigError("--compute-threads must be 0 (torch's default) or more")
         if self.announce_ttl <= self.announce_interval:

@@ -130,6 +130,7 @@ class Server:
             end=self.span.end,
             throughput=self.throughput,
             free_cache_tokens=max(0, self.sessions.free_tokens),
+            load=len(self.sessions),
             version=__version__,
             expires_at=self.clock() + self.config.announce_ttl,
         )
@@ -150,12 +151,15 @@ class Server:
         if span is None:
             return
 
+        delay = self.config.compute_delay
+
         def run() -> float:
             hidden = torch.zeros(1, 1, span.config.hidden_size, dtype=span.dtype)
             cache = span.new_cache()
             span.forward(hidden, cache)  # warm-up
             t0 = time.perf_counter()
             for _ in range(tokens):
+                time.sleep(delay)
                 span.forward(hidden, cache)
             return tokens / max(time.perf_counter() - t0, 1e-6)
 
@@ -187,7 +191,11 @@ class Server:
         span = self.span
         assert span is not None
 
+        delay = self.config.compute_delay
+
         def run() -> torch.Tensor:
+            if delay:  # testing aid: a deliberately slow server
+                time.sleep(delay)
             out = span.forward(hidden.to(span.dtype), cache, start=start, end=end)  # type: ignore[arg-type]
             return out.to(WIRE_DTYPE).contiguous()
 

@@ -332,6 +332,7 @@ class ServerInfo(Message):
     free_cache_tokens: int
     version: str  # potluck version
     expires_at: float  # unix time after which this announcement is stale
+    load: int = 0  # inference sessions open on the server when it announced
     signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
 
     def __post_init__(self) -> None:
@@ -347,6 +348,7 @@ class ServerInfo(Message):
         _check_int("free_cache_tokens", self.free_cache_tokens, 0)
         _check_str("version", self.version, _MAX_VERSION)
         object.__setattr__(self, "expires_at", _float_field("expires_at", self.expires_at))
+        _check_int("load", self.load, 0)
         if not isinstance(self.signature, str) or _SIGNATURE.fullmatch(self.signature) is None:
             raise MessageError("signature must be empty or 128 lowercase hex digits")
 

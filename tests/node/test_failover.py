@@ -1,0 +1,147 @@
+"""Healing: servers killed with SIGKILL mid-generation, and routing around trouble."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from potluck.client import AutoDistributedModelForCausalLM, DistributedModelForCausalLM
+from potluck.testing.models import make_tiny_llama
+from potluck.testing.swarm import LocalSwarm, NodeProcess
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--announce-interval", "0.5", "--announce-ttl", "3"]
+#: Redundant coverage of an 8-block model: blocks 2..6 are held twice.
+SPANS = {"a": "0:3", "b": "3:6", "c": "2:7", "d": "6:8"}
+PROMPT = torch.tensor([[1, 33, 7, 250, 91, 4]])
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def model8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(
+        tmp_path_factory.mktemp("tiny8") / "llama8", num_layers=8, seed=5, initializer_range=0.5
+    )
+
+
+@pytest.fixture(scope="module")
+def swarm(model8: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
+    with LocalSwarm(tmp_path_factory.mktemp("heal")) as local:
+        local.start_node("boot", extra=FAST)
+        nodes = [
+            local.start_node(name, model=str(model8), blocks=span, extra=FAST, wait=False)
+            for name, span in SPANS.items()
+        ]
+        for node in nodes:
+            local.wait_ready(node)
+        yield local
+
+
+def _node(swarm: LocalSwarm, peer_id: str) -> NodeProcess:
+    return next(n for n in swarm.nodes if n.alive() and n.info.get("peer_id") == peer_id)
+
+
+def _client(swarm: LocalSwarm, model8: Path) -> DistributedModelForCausalLM:
+    return AutoDistributedModelForCausalLM.from_pretrained(
+        model8, initial_peers=swarm.bootstrap_addrs, step_timeout=10, route_timeout=20
+    )
+
+
+class KillAt:
+    """A streamer that SIGKILLs the server holding block 4 when token `at` is out."""
+
+    def __init__(self, swarm: LocalSwarm, model: DistributedModelForCausalLM, at: int) -> None:
+        self.swarm, self.model, self.at = swarm, model, at
+        self.seen = -1  # the first put() is the prompt
+        self.victim: NodeProcess | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.seen += 1
+        if self.seen == self.at and self.victim is None:
+            session = self.model.current_session
+            assert session is not None
+            hop = next(h for h in session.route if h.start <= 4 < h.end)
+            self.victim = _node(self.swarm, hop.peer_id)
+            self.victim.kill(signal.SIGKILL)
+
+    def end(self) -> None:
+        pass
+
+
+def test_generation_survives_a_sigkilled_middle_server_at_five_different_steps(
+    swarm: LocalSwarm, model8: Path
+) -> None:
+    local = AutoModelForCausalLM.from_pretrained(model8, dtype=torch.float32).eval()
+    expected = local.generate(
+        PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+    )
+    assert len(set(expected[0, PROMPT.shape[1] :].tolist())) > 4
+
+    for at in (1, 9, 23, 40, 58):
+        model = _client(swarm, model8)
+        try:
+            streamer = KillAt(swarm, model, at)
+            got = model.generate(
+                PROMPT,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                streamer=streamer,
+            )
+            failovers = model.last_session_failovers
+        finally:
+            model.close()
+        victim = streamer.victim
+        assert victim is not None and not victim.alive(), f"nobody was killed at step {at}"
+        assert torch.equal(got, expected), f"tokens differ after a kill at step {at}"
+        assert failovers >= 1
+        # bring the victim back (same identity) so the next run has redundancy again
+        swarm.start_node(victim.name, model=str(model8), blocks=SPANS[victim.name], extra=FAST)
+
+
+def test_a_slow_server_is_avoided_in_favour_of_a_fast_one(model8: Path, tmp_path: Path) -> None:
+    with LocalSwarm(tmp_path) as local:
+        local.start_node("boot", extra=FAST)
+        slow = local.start_node(
+            "slow", model=str(model8), blocks="0:8", extra=[*FAST, "--compute-delay", "0.2"]
+        )
+        fast = local.start_node("fast", model=str(model8), blocks="0:8", extra=FAST)
+        model = _client(local, model8)
+        try:
+            routes = [model.route() for _ in range(3)]
+            out = model.generate(PROMPT, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        finally:
+            model.close()
+    assert out.shape == (1, PROMPT.shape[1] + 4)
+    for route in routes:
+        assert [h.peer_id for h in route] == [fast.peer_id], (slow.peer_id, route)
+
+
+def test_a_server_joining_later_restores_coverage_after_one_leaves(
+    model8: Path, tmp_path: Path
+) -> None:
+    with LocalSwarm(tmp_path) as local:
+        local.start_node("boot", extra=FAST)
+        first = local.start_node("first", model=str(model8), blocks="0:4", extra=FAST)
+        tail = local.start_node("tail", model=str(model8), blocks="4:8", extra=FAST)
+        model = _client(local, model8)
+        try:
+            assert [h.peer_id for h in model.route()] == [first.peer_id, tail.peer_id]
+            first.kill(signal.SIGKILL)
+            left_at = time.monotonic()
+            local.start_node("later", model=str(model8), blocks="0:4", extra=FAST)
+            out = model.generate(PROMPT, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            restored_after = time.monotonic() - left_at
+            route = model.route()
+        finally:
+            model.close()
+    assert out.shape == (1, PROMPT.shape[1] + 4)
+    assert first.peer_id not in [h.peer_id for h in route]
+    assert restored_after < 60
