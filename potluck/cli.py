@@ -6,6 +6,7 @@ readable line and exits with status 2; it never shows a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,6 +38,16 @@ _DEFAULT = NodeConfig()
 def node_start(
     model: Annotated[str | None, typer.Option(help=_HELP["model"])] = None,
     blocks: Annotated[str | None, typer.Option(help=_HELP["blocks"])] = None,
+    num_blocks: Annotated[int | None, typer.Option(help=_HELP["num_blocks"])] = None,
+    memory_budget: Annotated[
+        float, typer.Option(help=_HELP["memory_budget"])
+    ] = _DEFAULT.memory_budget,
+    rebalance_interval: Annotated[
+        float, typer.Option(help=_HELP["rebalance_interval"])
+    ] = _DEFAULT.rebalance_interval,
+    rebalance_margin: Annotated[
+        float, typer.Option(help=_HELP["rebalance_margin"])
+    ] = _DEFAULT.rebalance_margin,
     host: Annotated[str, typer.Option(help=_HELP["host"])] = _DEFAULT.host,
     port: Annotated[int, typer.Option(help=_HELP["port"])] = _DEFAULT.port,
     initial_peers: Annotated[
@@ -78,9 +89,18 @@ def node_start(
     """
     from potluck.node.run import run_node
 
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("potluck").setLevel(logging.INFO)
+
     config = NodeConfig(
         model=model,
         blocks=blocks,
+        num_blocks=num_blocks,
+        memory_budget=memory_budget,
+        rebalance_interval=rebalance_interval,
+        rebalance_margin=rebalance_margin,
         host=host,
         port=port,
         initial_peers=tuple(initial_peers or ()),

@@ -40,7 +40,21 @@ class NodeConfig:
     model: str | None = _opt(
         None, "Model to serve: 'smollm2' or a local checkpoint folder. None: bootstrap only."
     )
-    blocks: str | None = _opt(None, "Blocks to serve as START:END, e.g. 0:10.")
+    blocks: str | None = _opt(
+        None, "Blocks to serve as START:END, e.g. 0:10. Default: chosen where the swarm is weakest."
+    )
+    num_blocks: int | None = _opt(
+        None, "Without --blocks: how many blocks to serve (default: what --memory-budget holds)."
+    )
+    memory_budget: float = _opt(
+        0.0, "GiB of weights to hold when choosing how many blocks (0: half the free memory)."
+    )
+    rebalance_interval: float = _opt(
+        60.0, "Without --blocks: seconds between checks whether to move to weaker blocks."
+    )
+    rebalance_margin: float = _opt(
+        0.2, "Move only if the swarm's weakest block gets this much faster (0.2 = 20%)."
+    )
     host: str = _opt("127.0.0.1", "Address to listen on.")
     port: int = _opt(0, "TCP port to listen on (0 picks a free one).")
     initial_peers: tuple[str, ...] = _opt((), "Multiaddresses of peers to join through.")
@@ -64,6 +78,14 @@ class NodeConfig:
             raise ConfigError("--blocks needs --model")
         if self.blocks is not None:
             parse_blocks(self.blocks)
+            if self.num_blocks is not None:
+                raise ConfigError("give either --blocks or --num-blocks, not both")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ConfigError("--num-blocks must be at least 1")
+        if not (math.isfinite(self.memory_budget) and self.memory_budget >= 0):
+            raise ConfigError("--memory-budget must be 0 (automatic) or more GiB")
+        if not (math.isfinite(self.rebalance_margin) and self.rebalance_margin >= 0):
+            raise ConfigError("--rebalance-margin must be 0 or more")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"--dtype must be float32 or bfloat16, not {self.dtype!r}")
         for name in ("cache_tokens", "max_session_length", "sessions_per_peer", "max_frame"):
@@ -74,6 +96,7 @@ class NodeConfig:
             "request_timeout",
             "announce_interval",
             "announce_ttl",
+            "rebalance_interval",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -21,17 +21,23 @@ concurrent sessions queue instead of oversubscribing the cores.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
+import platform
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import trio
 
 from potluck import __version__
 from potluck.errors import (
-    ConfigError,
     FrameError,
     InvalidSignature,
     MessageError,
@@ -41,7 +47,8 @@ from potluck.errors import (
     TensorError,
     WireError,
 )
-from potluck.model import BlockSpan, model_identity, resolve_model
+from potluck.model import BlockSpan, load_config, model_identity, num_blocks, resolve_model
+from potluck.node.balance import block_throughputs, choose_span, plan_move, span_for_memory
 from potluck.node.config import NodeConfig
 from potluck.node.sessions import SessionTable
 from potluck.p2p.announce import sign_announcement, verify_announcement
@@ -73,6 +80,7 @@ from potluck.wire import (
 log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
+THROUGHPUT_FILE = "throughput.json"
 
 Clock = Callable[[], float]
 
@@ -99,12 +107,15 @@ class Server:
         *,
         span: BlockSpan | None,
         model_id: str,
+        model: ServedModel | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.host = host
         self.config = config
         self.span = span
         self.model_id = model_id
+        self.model = model
+        self.moves = 0
         self.clock = clock
         self.peers = PeerTable(verify=verify_announcement, max_ttl=4 * config.announce_ttl)
         self.sessions = SessionTable(
@@ -145,12 +156,30 @@ class Server:
         servers = servers[:MAX_SERVERS]
         return SwarmView(servers=tuple(servers))
 
+    def _throughput_key(self) -> str:
+        span = self.span
+        assert span is not None
+        machine = f"{platform.node()}/{platform.machine()}/{os.cpu_count()}cpu"
+        return (
+            f"{self.model_id}/{span.dtype}/{machine}/{torch.get_num_threads()}threads"
+            f"/delay{self.config.compute_delay}"
+        )
+
     async def measure_throughput(self, tokens: int = 3) -> None:
-        """Tokens per second this span computes at batch 1 (a quick first estimate)."""
+        """Tokens per second this span computes at batch 1.
+
+        Measured once per model, dtype and machine, as seconds per block, and
+        cached in `data_dir/throughput.json`; a span of another length reuses it.
+        """
         span = self.span
         if span is None:
             return
-
+        cache_file = self.config.data_dir / THROUGHPUT_FILE
+        key = self._throughput_key()
+        cached = _read_json(cache_file).get(key)
+        if isinstance(cached, float) and cached > 0:
+            self.throughput = 1.0 / (cached * (span.end - span.start))
+            return
         delay = self.config.compute_delay
 
         def run() -> float:
@@ -161,14 +190,73 @@ class Server:
             for _ in range(tokens):
                 time.sleep(delay)
                 span.forward(hidden, cache)
-            return tokens / max(time.perf_counter() - t0, 1e-6)
+            return (time.perf_counter() - t0) / tokens
 
-        self.throughput = await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+        seconds = await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+        self.throughput = 1.0 / max(seconds, 1e-9)
+        table = _read_json(cache_file)
+        table[key] = max(seconds, 1e-9) / (span.end - span.start)
+        _write_json(cache_file, table)
+
+    # -- choosing and moving blocks ------------------------------------------
+
+    def block_count(self) -> int:
+        """How many blocks to serve: `--num-blocks`, or what the memory budget holds."""
+        assert self.model is not None
+        if self.config.num_blocks:
+            return min(self.config.num_blocks, self.model.num_blocks)
+        budget = int(self.config.memory_budget * 2**30) or _available_memory() // 2
+        return span_for_memory(budget, self.model.bytes_per_block, self.model.num_blocks)
+
+    def choose_blocks(self) -> tuple[int, int]:
+        """The contiguous blocks where the swarm (as this node sees it) is weakest."""
+        assert self.model is not None
+        view = [s for s in self.peers.live(self.clock()) if s.peer_id != self.host.peer_id]
+        throughputs = block_throughputs(view, self.model.num_blocks, model=self.model_id)
+        return choose_span(throughputs, self.block_count())
+
+    async def load_span(self, start: int, end: int) -> None:
+        """Load blocks `[start, end)` and serve them from now on (open sessions keep theirs)."""
+        assert self.model is not None
+        path, dtype = self.model.path, getattr(torch, self.config.dtype)
+        span = await trio.to_thread.run_sync(
+            functools.partial(BlockSpan.load, path, start, end, dtype=dtype)
+        )
+        old, self.span = self.span, span
+        try:
+            await self.measure_throughput()
+        except BaseException:
+            self.span = old
+            raise
+        log.info("serving blocks %d:%d at %.1f tokens/s", start, end, self.throughput)
+
+    async def rebalance_once(self) -> tuple[int, int] | None:
+        """Move to other blocks if that clearly strengthens the swarm's weakest block."""
+        own = self.server_info()
+        if own is None or self.model is None:
+            return None
+        view = [s for s in self.peers.live(self.clock()) if s.peer_id != own.peer_id]
+        target = plan_move(
+            [*view, own], self.model.num_blocks, own, margin=self.config.rebalance_margin
+        )
+        if target is None:
+            return None
+        log.info("moving from blocks %d:%d to %d:%d", own.start, own.end, *target)
+        await self.load_span(*target)
+        self.moves += 1
+        await self.announce_once()
+        return target
+
+    async def rebalance_loop(self) -> None:
+        while True:  # jitter keeps servers that start together from moving together
+            await trio.sleep(self.config.rebalance_interval * random.uniform(0.5, 1.5))
+            await self.rebalance_once()
 
     # -- compute ------------------------------------------------------------
 
     def _check_hidden(self, hidden: torch.Tensor) -> None:
-        assert self.span is not None
+        if self.span is None:
+            raise NotAServer("this node serves no blocks")
         if hidden.dtype != WIRE_DTYPE:
             raise TensorError(f"hidden states must be {WIRE_DTYPE}, got {hidden.dtype}")
         if hidden.shape[-1] != self.span.config.hidden_size:
@@ -186,11 +274,13 @@ class Server:
         return self.span
 
     async def _compute(
-        self, hidden: torch.Tensor, cache: object | None, start: int, end: int
+        self,
+        span: BlockSpan,
+        hidden: torch.Tensor,
+        cache: object | None,
+        start: int,
+        end: int,
     ) -> torch.Tensor:
-        span = self.span
-        assert span is not None
-
         delay = self.config.compute_delay
 
         def run() -> torch.Tensor:
@@ -229,9 +319,9 @@ class Server:
                 raise NotAServer("this node serves no blocks")
             return info
         if isinstance(msg, Forward):
-            self._check_range(msg.start, msg.end)
+            span = self._check_range(msg.start, msg.end)
             self._check_hidden(msg.hidden)
-            out = await self._compute(msg.hidden, None, msg.start, msg.end)
+            out = await self._compute(span, msg.hidden, None, msg.start, msg.end)
             return ForwardResult(hidden=out)
         raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_RPC}")
 
@@ -270,6 +360,7 @@ class Server:
             session = self.sessions.open(
                 msg.session_id, peer, msg.start, msg.end, msg.max_length, now
             )
+            session.span = span  # kept even if this server moves to other blocks
             session.cache = span.new_cache()
             opened.append(msg.session_id)
             return SessionOpened(msg.session_id, msg.start, msg.end, msg.max_length)
@@ -280,7 +371,9 @@ class Server:
             self.sessions.begin_step(session, msg.step, msg.position, batch, seq, now)
             ok = False
             try:
-                out = await self._compute(msg.hidden, session.cache, session.start, session.end)
+                out = await self._compute(
+                    session.span, msg.hidden, session.cache, session.start, session.end
+                )
                 ok = True
             finally:
                 self.sessions.end_step(session, seq, self.clock(), ok=ok)
@@ -335,24 +428,22 @@ class Server:
 
 @asynccontextmanager
 async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIterator[Server]:
-    """Load the span, start the host, serve; leaving the block shuts down cleanly."""
+    """Start the host, choose and load blocks, announce, serve; leaving the block
+    shuts down cleanly.
+
+    With `--blocks` the node serves exactly those. Without, it first pulls the
+    swarm view from its initial peers, takes the contiguous blocks (as many as
+    `--num-blocks`, or as its memory budget holds) where the served throughput
+    is weakest, and every `--rebalance-interval` seconds reconsiders.
+    """
     if config.compute_threads:
         torch.set_num_threads(config.compute_threads)
     for addr in config.initial_peers:
         parse_multiaddr(addr)  # a bad --initial-peers is a ConfigError now, not later
     identity = load_or_create_identity(config.data_dir)
-    span: BlockSpan | None = None
-    model_id = ""
+    model: ServedModel | None = None
     if config.model is not None:
-        bounds = config.span
-        if bounds is None:
-            raise ConfigError("pass --blocks START:END to choose which blocks to serve")
-        path = await trio.to_thread.run_sync(resolve_model, config.model)
-        dtype = getattr(torch, config.dtype)
-        span = await trio.to_thread.run_sync(
-            functools.partial(BlockSpan.load, path, bounds[0], bounds[1], dtype=dtype)
-        )
-        model_id = await trio.to_thread.run_sync(model_identity, path)
+        model = await trio.to_thread.run_sync(ServedModel.open, config.model, config.dtype)
     async with open_host(
         identity,
         host=config.host,
@@ -360,17 +451,89 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         max_frame=config.max_frame,
         timeout=config.request_timeout,
     ) as host:
-        server = Server(host, config, span=span, model_id=model_id, clock=clock)
-        await server.measure_throughput()
+        server = Server(
+            host,
+            config,
+            span=None,
+            model_id=model.identity if model else "",
+            model=model,
+            clock=clock,
+        )
         host.set_handler(PROTOCOL_RPC, server.handle_rpc)
         host.set_handler(PROTOCOL_INFERENCE, server.handle_inference)
+        if model is not None:
+            bounds = config.span
+            if bounds is None:
+                await server.announce_once()  # learn the swarm before choosing
+                bounds = server.choose_blocks()
+            await server.load_span(*bounds)
+        await server.announce_once()  # known to the swarm before we say ready
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.announce_loop)
             nursery.start_soon(server.expire_loop)
+            if model is not None and config.span is None:
+                nursery.start_soon(server.rebalance_loop)
             try:
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What a server needs to know of its model before loading any block."""
+
+    path: Path
+    identity: str
+    num_blocks: int
+    bytes_per_block: int
+
+    @classmethod
+    def open(cls, name_or_path: str, dtype: str) -> ServedModel:
+        path = resolve_model(name_or_path)
+        config = load_config(path)
+        return cls(
+            path=path,
+            identity=model_identity(path),
+            num_blocks=num_blocks(config),
+            bytes_per_block=_bytes_per_block(config, torch.finfo(getattr(torch, dtype)).bits // 8),
+        )
+
+
+def _bytes_per_block(config: Any, dtype_bytes: int) -> int:
+    """Weight bytes of one decoder block, from the config (attention + MLP + norms)."""
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv
+    mlp = 3 * hidden * int(config.intermediate_size)
+    return (attention + mlp + 2 * hidden) * dtype_bytes
+
+
+def _available_memory() -> int:
+    """MemAvailable from /proc/meminfo, in bytes (4 GiB if it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 * 2**30
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 __all__ = [

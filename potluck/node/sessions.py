@@ -35,6 +35,7 @@ class Session:
     position: int = 0
     step: int = 0
     cache: Any = field(default=None, repr=False)
+    span: Any = field(default=None, repr=False)  # the BlockSpan it opened on
     busy: bool = False
 
 
