@@ -230,7 +230,10 @@ class AutoDistributedModelForCausalLM:
         config._name_or_path = str(path)
         head = ClientHead.load(path, dtype=dtype)
         swarm = SwarmClient(
-            initial_peers, model_id=model_identity(path), num_blocks=num_blocks(config)
+            initial_peers,
+            model_id=model_identity(path),
+            num_blocks=num_blocks(config),
+            payload_bytes=int(config.hidden_size) * 4,
         )
         runtime = ClientRuntime(identity, timeout=request_timeout)
         policy = FailoverPolicy(

@@ -7,14 +7,15 @@ Dijkstra over block boundaries: from boundary `i`, a server whose span
 `[a, b)` has `a <= i < b` takes the client to `min(b, end)` at the expected
 latency of one token through those blocks:
 
-    rtt(server) + blocks / span blocks / throughput x (1 + LOAD_PENALTY x load)
+    rtt(server) + 2 x token bytes / bandwidth
+        + blocks / span blocks / throughput x (1 + LOAD_PENALTY x load)
 
 `rtt` is the round trip the client measured (or `HOP_COST` before it has
-one), `throughput` the server's announced tokens/s for its whole span, and
-`load` the sessions it had open when it announced (each queues in front of
-ours). Using part of a span is how overlapping servers combine. Servers for
-another model, banned peers, and servers whose free cache cannot hold the
-session are ignored.
+one), `bandwidth` the network throughput the server announced, `throughput`
+its announced tokens/s for its whole span, and `load` the sessions it had
+open when it announced (each queues in front of ours). Using part of a span
+is how overlapping servers combine. Servers for another model, banned peers,
+and servers whose free cache cannot hold the session are ignored.
 
 `Banlist` keeps peers that failed out of routes for a while, doubling the
 time on every new failure.
@@ -53,15 +54,23 @@ class Hop:
 
 
 def hop_cost(
-    server: ServerInfo, start: int, end: int, *, rtt: Mapping[str, float] | None = None
+    server: ServerInfo,
+    start: int,
+    end: int,
+    *,
+    rtt: Mapping[str, float] | None = None,
+    payload_bytes: int = 0,
 ) -> float:
-    """Expected seconds for one token through blocks `[start, end)` of `server`."""
+    """Expected seconds for one token through blocks `[start, end)` of `server`,
+    sending and receiving `payload_bytes` each way."""
     span_blocks = max(1, server.end - server.start)
     throughput = server.throughput if server.throughput > 0 else DEFAULT_THROUGHPUT
     throughput = max(throughput, MIN_THROUGHPUT)
     # throughput is announced for the whole span; a part of it costs its share
     compute = (end - start) / span_blocks / throughput * (1 + LOAD_PENALTY * server.load)
     network = rtt.get(server.peer_id, HOP_COST) if rtt is not None else HOP_COST
+    if server.bandwidth > 0:
+        network += 2 * payload_bytes / server.bandwidth
     return network + compute
 
 
@@ -84,6 +93,7 @@ def plan_route(
     exclude: frozenset[str] = frozenset(),
     rtt: Mapping[str, float] | None = None,
     min_free_cache: int = 0,
+    payload_bytes: int = 0,
 ) -> list[Hop]:
     """The cheapest route through blocks `[start, end)` (default: all), or
     `NoRouteError` naming the first block no usable server covers."""
@@ -110,7 +120,7 @@ def plan_route(
         for s in usable:
             if s.start <= i < s.end:
                 j = min(s.end, stop)
-                c = cost + hop_cost(s, i, j, rtt=rtt)
+                c = cost + hop_cost(s, i, j, rtt=rtt, payload_bytes=payload_bytes)
                 if c < best.get(j, float("inf")):
                     best[j] = c
                     back[j] = (i, s)

@@ -47,6 +47,7 @@ class SwarmClient:
         clock: Callable[[], float] = time.time,
         request_timeout: float = 5.0,
         banlist: Banlist | None = None,
+        payload_bytes: int = 0,
     ) -> None:
         if not initial_peers:
             raise NoRouteError("no initial peers given: pass initial_peers=[multiaddress, ...]")
@@ -58,6 +59,7 @@ class SwarmClient:
         self.table = PeerTable(verify=verify_announcement)
         self.banlist = banlist or Banlist()
         self.rtt: dict[str, float] = {}
+        self.payload_bytes = payload_bytes  # hidden-state bytes of one token
         self._rtt_at: dict[str, float] = {}
 
     def ban(self, peer_id: str) -> None:
@@ -125,6 +127,7 @@ class SwarmClient:
             model=self.model_id,
             rtt=self.rtt,
             min_free_cache=min_free_cache,
+            payload_bytes=self.payload_bytes,
         )
 
     async def wait_for_route(

@@ -59,8 +59,10 @@ from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
 from potluck.p2p.identity import load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
 from potluck.wire import (
+    MAX_ECHO_ELEMENTS,
     MAX_SERVERS,
     CloseSession,
+    Echo,
     ErrorReply,
     Forward,
     ForwardResult,
@@ -125,6 +127,7 @@ class Server:
         )
         self.compute_limiter = trio.CapacityLimiter(1)
         self.throughput = 0.0
+        self.bandwidth = 0.0
         self.errors_sent = 0
         self.steps_served = 0
 
@@ -142,6 +145,7 @@ class Server:
             throughput=self.throughput,
             free_cache_tokens=max(0, self.sessions.free_tokens),
             load=len(self.sessions),
+            bandwidth=self.bandwidth,
             version=__version__,
             expires_at=self.clock() + self.config.announce_ttl,
         )
@@ -197,6 +201,29 @@ class Server:
         table = _read_json(cache_file)
         table[key] = max(seconds, 1e-9) / (span.end - span.start)
         _write_json(cache_file, table)
+
+    async def measure_bandwidth(self, nbytes: int = 4 * 2**20) -> None:
+        """Bytes/s of a round trip of `nbytes` to the first initial peer that answers
+        (best of two), a floor on this node's network throughput."""
+        nbytes = min(nbytes, self.config.max_frame // 2)  # room under both peers' limits
+        payload = torch.zeros(min(nbytes // 4, MAX_ECHO_ELEMENTS), dtype=torch.float32)
+        for peer_id, addrs in self.announce_targets():
+            try:
+                best = float("inf")
+                with trio.fail_after(self.config.request_timeout):
+                    for _ in range(2):
+                        t0 = trio.current_time()
+                        reply = await self.host.request(
+                            peer_id, PROTOCOL_RPC, Echo(payload), addrs=addrs
+                        )
+                        best = min(best, trio.current_time() - t0)
+            except (PotluckError, trio.TooSlowError) as exc:
+                log.debug("bandwidth probe to %s failed: %s", peer_id, exc)
+                continue
+            if isinstance(reply, Echo):
+                self.bandwidth = 2 * payload.numel() * 4 / max(best, 1e-9)
+                log.info("network throughput to %s: %.1f MiB/s", peer_id, self.bandwidth / 2**20)
+                return
 
     # -- choosing and moving blocks ------------------------------------------
 
@@ -313,6 +340,8 @@ class Server:
             verify_announcement(msg)
             self.peers.upsert(msg, now)
             return self.swarm_view()
+        if isinstance(msg, Echo):
+            return Echo(msg.payload)
         if isinstance(msg, InfoRequest):
             info = self.server_info()
             if info is None:
@@ -467,6 +496,8 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
                 await server.announce_once()  # learn the swarm before choosing
                 bounds = server.choose_blocks()
             await server.load_span(*bounds)
+        if model is not None:
+            await server.measure_bandwidth()
         await server.announce_once()  # known to the swarm before we say ready
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.announce_loop)

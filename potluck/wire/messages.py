@@ -53,11 +53,13 @@ from potluck.wire.tensors import TensorMeta, tensor_from_bytes, tensor_to_bytes
 __all__ = [
     "MAX_ADDRS",
     "MAX_BLOCKS",
+    "MAX_ECHO_ELEMENTS",
     "MAX_ERROR_MESSAGE",
     "MAX_SERVERS",
     "MAX_SESSION_LENGTH",
     "MESSAGE_TYPES",
     "CloseSession",
+    "Echo",
     "ErrorReply",
     "Forward",
     "ForwardResult",
@@ -77,6 +79,7 @@ __all__ = [
 ]
 
 MAX_BLOCKS = 100_000
+MAX_ECHO_ELEMENTS = 1 << 20  # 4 MiB of float32
 """Spans are `start <= block < end` with `0 <= start < end <= MAX_BLOCKS`."""
 MAX_SESSION_LENGTH = 1_000_000
 """Most tokens an inference session may hold."""
@@ -309,6 +312,23 @@ class ForwardResult(Message):
         _check_hidden(self.hidden)
 
 
+@dataclass(frozen=True, eq=False)
+class Echo(Message):
+    """Bytes to send straight back: how a node measures its network throughput."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("payload",)
+
+    payload: torch.Tensor  # (n,) float32, at most MAX_ECHO_ELEMENTS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payload, torch.Tensor):
+            raise TensorError("payload must be a tensor")
+        if self.payload.dtype != torch.float32 or self.payload.ndim != 1:
+            raise TensorError("payload must be a 1-D float32 tensor")
+        if self.payload.numel() > MAX_ECHO_ELEMENTS:
+            raise TensorError(f"payload holds at most {MAX_ECHO_ELEMENTS} elements")
+
+
 @dataclass(frozen=True)
 class InfoRequest(Message):
     """Ask a server for its `ServerInfo`."""
@@ -333,6 +353,7 @@ class ServerInfo(Message):
     version: str  # potluck version
     expires_at: float  # unix time after which this announcement is stale
     load: int = 0  # inference sessions open on the server when it announced
+    bandwidth: float = 0.0  # bytes/s the server measured to a peer (0: not measured)
     signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
 
     def __post_init__(self) -> None:
@@ -349,6 +370,8 @@ class ServerInfo(Message):
         _check_str("version", self.version, _MAX_VERSION)
         object.__setattr__(self, "expires_at", _float_field("expires_at", self.expires_at))
         _check_int("load", self.load, 0)
+        bandwidth = _float_field("bandwidth", self.bandwidth, minimum=0.0)
+        object.__setattr__(self, "bandwidth", bandwidth)
         if not isinstance(self.signature, str) or _SIGNATURE.fullmatch(self.signature) is None:
             raise MessageError("signature must be empty or 128 lowercase hex digits")
 
@@ -420,6 +443,7 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
     "SessionClosed": SessionClosed,
     "Forward": Forward,
     "ForwardResult": ForwardResult,
+    "Echo": Echo,
     "InfoRequest": InfoRequest,
     "SwarmRequest": SwarmRequest,
     "ServerInfo": ServerInfo,

@@ -304,3 +304,20 @@ def test_a_bfloat16_client_generates_through_float32_servers(
     finally:
         dist.close()
     assert out.shape == (1, 11)
+
+
+def test_servers_announce_measured_throughput_bandwidth_and_load(
+    swarm: tuple[LocalSwarm, list[NodeProcess]],
+) -> None:
+    _, servers = swarm
+    runtime = ClientRuntime()
+    try:
+        infos = [runtime.run(_server_info, runtime, node) for node in servers]
+    finally:
+        runtime.close()
+    for info in infos:
+        assert info.throughput > 0
+        assert info.bandwidth > 1e6  # loopback moves far more than 1 MB/s
+        assert info.load >= 0
+    throughput_file = servers[0].data_dir / "throughput.json"
+    assert throughput_file.exists()  # cached per model, dtype and machine

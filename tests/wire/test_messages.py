@@ -30,6 +30,7 @@ from potluck.wire import (
     MAX_SESSION_LENGTH,
     MESSAGE_TYPES,
     CloseSession,
+    Echo,
     ErrorReply,
     Forward,
     ForwardResult,
@@ -88,6 +89,8 @@ def server_infos(draw: st.DrawFn) -> ServerInfo:
         free_cache_tokens=draw(st.integers(0, 2**63 - 1)),
         version=draw(st.text(min_size=1, max_size=64)),
         expires_at=draw(finite),
+        load=draw(st.integers(0, 2**63 - 1)),
+        bandwidth=draw(st.floats(min_value=0.0, allow_infinity=False)),
     )
 
 
@@ -113,6 +116,7 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     SessionClosed: st.builds(SessionClosed, session_ids),
     Forward: forwards(),
     ForwardResult: st.builds(ForwardResult, hidden_states()),
+    Echo: st.integers(0, 64).map(lambda n: Echo(torch.randn(n))),
     InfoRequest: st.just(InfoRequest()),
     SwarmRequest: st.just(SwarmRequest()),
     ServerInfo: server_infos(),
