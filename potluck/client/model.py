@@ -20,6 +20,7 @@ greedy and sampling, `max_new_tokens`, streamers, logits processors. Its
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,16 +171,21 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
     # -- sessions ---------------------------------------------------------------
 
-    def route(self) -> list[Hop]:
-        """The servers a new session would use, waiting up to `route_timeout` for coverage."""
+    def route(self, *, max_length: int = 0) -> list[Hop]:
+        """The servers a new session of `max_length` tokens would use (skipping those
+        that announced less free cache), waiting up to `route_timeout` for coverage."""
         return self.runtime.run(
-            self.swarm.wait_for_route, self.runtime.host, self.failover.route_timeout
+            functools.partial(
+                self.swarm.wait_for_route,
+                self.runtime.host,
+                self.failover.route_timeout,
+                min_free_cache=max_length,
+            )
         )
 
     def _open_session(self, *, max_length: int) -> InferenceSession:
-        return InferenceSession(
-            self.runtime, self.swarm, self.route(), max_length, policy=self.failover
-        )
+        route = self.route(max_length=max_length)
+        return InferenceSession(self.runtime, self.swarm, route, max_length, policy=self.failover)
 
     @contextmanager
     def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:

@@ -239,6 +239,7 @@ class InferenceSession:
                 self.policy.route_timeout,
                 start=failed.hop.start,
                 end=failed.hop.end,
+                min_free_cache=self.max_length,
             )
             fresh = [HopSession(hop, self.max_length) for hop in route]
             try:

@@ -145,3 +145,34 @@ def test_a_server_joining_later_restores_coverage_after_one_leaves(
     assert out.shape == (1, PROMPT.shape[1] + 4)
     assert first.peer_id not in [h.peer_id for h in route]
     assert restored_after < 60
+
+
+def test_a_server_without_cache_room_refuses_with_a_typed_error_and_is_routed_around(
+    model8: Path, tmp_path: Path
+) -> None:
+    from potluck.client.routing import Hop
+    from potluck.client.session import InferenceSession
+
+    with LocalSwarm(tmp_path) as local:
+        local.start_node("boot", extra=FAST)
+        tight = local.start_node(
+            "tight", model=str(model8), blocks="0:8", extra=[*FAST, "--cache-tokens", "8"]
+        )
+        roomy = local.start_node("roomy", model=str(model8), blocks="0:8", extra=FAST)
+        model = _client(local, model8)
+        try:
+            # routing already skips a server that announced too little free cache
+            assert [h.peer_id for h in model.route(max_length=20)] == [roomy.peer_id]
+            out = model.generate(PROMPT, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+            # forced onto the tight server, the session is refused and re-routed
+            tight_info = next(s for s in model.swarm.servers() if s.peer_id == tight.peer_id)
+            session = InferenceSession(
+                model.runtime, model.swarm, [Hop(tight_info, 0, 8)], 20, policy=model.failover
+            )
+            with session:
+                assert [h.peer_id for h in session.route] == [roomy.peer_id]
+                assert session.failovers == 1
+        finally:
+            model.close()
+    assert out.shape == (1, PROMPT.shape[1] + 8)
+    assert "cache full" in tight.log_tail(200)  # the typed refusal, as the server logged it
