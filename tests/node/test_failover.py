@@ -57,8 +57,14 @@ def _client(swarm: LocalSwarm, model8: Path) -> DistributedModelForCausalLM:
 class KillAt:
     """A streamer that SIGKILLs the server holding block 4 when token `at` is out."""
 
-    def __init__(self, swarm: LocalSwarm, model: DistributedModelForCausalLM, at: int) -> None:
-        self.swarm, self.model, self.at = swarm, model, at
+    def __init__(
+        self,
+        swarm: LocalSwarm,
+        model: DistributedModelForCausalLM,
+        at: int,
+        sig: int = signal.SIGKILL,
+    ) -> None:
+        self.swarm, self.model, self.at, self.sig = swarm, model, at, sig
         self.seen = -1  # the first put() is the prompt
         self.victim: NodeProcess | None = None
 
@@ -69,7 +75,7 @@ class KillAt:
             assert session is not None
             hop = next(h for h in session.route if h.start <= 4 < h.end)
             self.victim = _node(self.swarm, hop.peer_id)
-            self.victim.kill(signal.SIGKILL)
+            self.victim.kill(self.sig)
 
     def end(self) -> None:
         pass
@@ -104,6 +110,35 @@ def test_generation_survives_a_sigkilled_middle_server_at_five_different_steps(
         assert failovers >= 1
         # bring the victim back (same identity) so the next run has redundancy again
         swarm.start_node(victim.name, model=str(model8), blocks=SPANS[victim.name], extra=FAST)
+
+
+def test_generation_survives_a_server_that_stalls_mid_generation(
+    swarm: LocalSwarm, model8: Path
+) -> None:
+    reference = _client(swarm, model8)
+    try:
+        expected = reference.generate(PROMPT, max_new_tokens=24, min_new_tokens=24, do_sample=False)
+    finally:
+        reference.close()
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        model8, initial_peers=swarm.bootstrap_addrs, step_timeout=3, route_timeout=20
+    )
+    try:
+        streamer = KillAt(swarm, model, 12, sig=signal.SIGSTOP)  # frozen, socket still open
+        started = time.monotonic()
+        got = model.generate(
+            PROMPT, max_new_tokens=24, min_new_tokens=24, do_sample=False, streamer=streamer
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        model.close()
+    victim = streamer.victim
+    assert victim is not None
+    victim.kill(signal.SIGKILL)  # a stopped process still dies on SIGKILL
+    swarm.start_node(victim.name, model=str(model8), blocks=SPANS[victim.name], extra=FAST)
+    assert torch.equal(got, expected)
+    assert model.last_session_failovers >= 1
+    assert elapsed < 3 + 20  # the step timeout, plus routing and the replay
 
 
 def test_a_slow_server_is_avoided_in_favour_of_a_fast_one(model8: Path, tmp_path: Path) -> None:
