@@ -1,7 +1,7 @@
-"""Greedy decoding through three server processes vs local transformers, same run.
+"""Greedy decoding through server processes vs local transformers, same run.
 
-SmolLM2-135M-Instruct in fp32. A `LocalSwarm` starts a bootstrap node and three
-servers holding blocks 0:10, 10:20 and 20:30; the client generates 128 new
+By default SmolLM2-135M-Instruct in fp32. A `LocalSwarm` starts a bootstrap
+node and three servers holding blocks 0:10, 10:20 and 20:30; the client generates 128 new
 tokens from a fixed chat prompt through them, and `AutoModelForCausalLM`
 generates the same 128 tokens locally in this process. The sides run
 interleaved `--runs` times after a warm-up and their medians are compared:
@@ -22,6 +22,23 @@ and protocol with almost no compute). `--omp-passive` sets
 OMP_WAIT_POLICY=PASSIVE for every process, so that idle OpenMP threads sleep
 instead of spinning on the shared cores. A dated section is appended to
 docs/benchmarks.md unless `--no-append` is given.
+
+`--model 1b` is the compute-heavy case: a random-initialised Llama of 0.85B
+parameters (hidden 2048, intermediate 5632, 16 layers, 32 heads / 8 KV
+heads, vocab 32000, untied head, fp32; seed 0), saved once with
+`save_pretrained` under `--cache-dir` (default: Potluck's model cache), served
+by two servers holding blocks 0:8 and 8:16, and compared with the same
+checkpoint run locally; 32 new tokens after a fixed 32-token random prompt
+unless `--new-tokens` says otherwise:
+
+    .venv/bin/python benchmarks/inference.py --model 1b [--runs 3]
+        [--server-threads 1,0] [--local-threads 0,1] [--cache-dir DIR]
+
+`--local-threads` runs the local baseline once per torch thread count (each
+a side of its own; 0 is torch's default) and compares against the fastest:
+on a shared 2-core machine a 2-thread OpenMP team loses badly whenever another
+process holds a core, and the 1b model's decode is then several times slower
+with 2 threads than with 1, so the 1b case runs both by default.
 """
 
 from __future__ import annotations
@@ -44,9 +61,69 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-SPANS = ("0:10", "10:20", "20:30")
 PROMPT = "Explain in a few sentences why the sky is blue."
 COMMAND = ".venv/bin/python benchmarks/inference.py"
+#: The compute-heavy case's architecture: about 0.85B parameters.
+LLAMA_1B: dict[str, Any] = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+LLAMA_1B_SEED = 0
+LLAMA_1B_PROMPT_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model to benchmark and how the swarm splits it."""
+
+    key: str  # the --model value
+    title: str  # the heading of the docs section
+    label: str  # what the model is, for the docs section
+    spans: tuple[str, ...]  # one server per span, in route order
+    new_tokens: int
+    profile_steps: int
+    target: float  # the ratio distributed / local aimed for
+    local_threads: tuple[int, ...]  # default --local-threads
+
+    @property
+    def blocks(self) -> int:
+        return int(self.spans[-1].split(":")[1])
+
+
+CASES = {
+    "smollm2": Case(
+        key="smollm2",
+        title="Inference: 3 server processes vs local transformers",
+        label="SmolLM2-135M-Instruct, fp32",
+        spans=("0:10", "10:20", "20:30"),
+        new_tokens=128,
+        profile_steps=20,
+        target=0.85,
+        local_threads=(0,),
+    ),
+    "1b": Case(
+        key="1b",
+        title="Inference, compute-heavy: a random 0.85B Llama on 2 server processes "
+        "vs local transformers",
+        label="A random-initialised Llama of 0.85B parameters (hidden 2048, intermediate "
+        "5632, 16 layers, 32 heads / 8 KV heads, vocab 32000, untied LM head, seed "
+        f"{LLAMA_1B_SEED}, saved with `save_pretrained`), fp32",
+        spans=("0:8", "8:16"),
+        new_tokens=32,
+        profile_steps=8,
+        target=0.9,
+        local_threads=(0, 1),
+    ),
+}
 
 
 @dataclass
@@ -126,11 +203,29 @@ def command_line() -> str:
         words = [COMMAND]
     else:
         words = [f"cd {Path.cwd()} &&", str(exe), str(Path(__file__).resolve())]
+    if path := os.environ.get("PYTHONPATH"):  # e.g. a snapshot of potluck to import instead
+        words.insert(-2, f"PYTHONPATH={path}")
     return " ".join([*words, *sys.argv[1:]])
 
 
 def threads_label(threads: int) -> str:
     return "torch default" if threads == 0 else f"--compute-threads {threads}"
+
+
+def local_label(threads: int) -> str:
+    return "torch default threads" if threads == 0 else f"{threads} torch thread(s)"
+
+
+def with_threads(threads: int, fn: Callable[[], Any]) -> Any:
+    """Call `fn` with `threads` torch threads in this process (0: leave as is)."""
+    import torch
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(threads or own)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(own)
 
 
 def parse_threads(text: str) -> list[int]:
@@ -146,15 +241,21 @@ def parse_threads(text: str) -> list[int]:
 # -- the profile ----------------------------------------------------------------
 
 
+def span_range(span: str) -> tuple[int, int]:
+    start, end = span.split(":")
+    return int(start), int(end)
+
+
 def profile_step(
+    case: Case,
     model: Any,
     local: Any,
-    path: Path,
     prompt_ids: Any,
     tiny_addr: str,
     *,
     steps: int,
     server_threads: int,
+    local_threads: int,
 ) -> Profile:
     """Time one decode step hop by hop, and the same compute done in this process."""
     import torch
@@ -168,7 +269,12 @@ def profile_step(
 
     runtime = model.runtime
     token = torch.zeros(1, 1, dtype=torch.long)
-    spans = [BlockSpan.load(path, int(a), int(b)) for a, b in (s.split(":") for s in SPANS)]
+    # the servers' spans, built on the local model's own layers (no second copy of the weights)
+    layers, rotary = local.model.layers, local.model.rotary_emb
+    spans = [
+        BlockSpan(local.config, a, b, layers[a:b], rotary)
+        for a, b in (span_range(s) for s in case.spans)
+    ]
 
     async def hop_times(hops: Sequence[Any], hidden: torch.Tensor) -> list[float]:
         """Run `hidden` through `hops` on the trio thread, timing each hop there."""
@@ -187,8 +293,8 @@ def profile_step(
     prefill_s: list[float] = []
     step_s: list[float] = []
     head_s: list[float] = []
-    hop_s: list[list[float]] = [[] for _ in SPANS]
-    span_s: list[list[float]] = [[] for _ in SPANS]
+    hop_s: list[list[float]] = [[] for _ in case.spans]
+    span_s: list[list[float]] = [[] for _ in case.spans]
     with model.inference_session(max_length=prompt_ids.shape[1] + 2 * steps) as session:
         route = session.route
         prompt_hidden = model.head.embed(prompt_ids)  # (1, prompt, hidden)
@@ -237,14 +343,19 @@ def profile_step(
     tiny_s = runtime.run(tiny_round_trips)
 
     local_s: list[float] = []
-    with torch.inference_mode():
-        seconds, out = timed(lambda: local(prompt_ids, use_cache=True))
-        local_prefill_s = [seconds]
-        past = out.past_key_values
-        for _ in range(steps):
-            seconds, out = timed(partial(local, token, past_key_values=past, use_cache=True))
-            local_s.append(seconds)
+    local_prefill_s: list[float] = []
+
+    def local_steps() -> None:
+        with torch.inference_mode():
+            seconds, out = timed(lambda: local(prompt_ids, use_cache=True))
+            local_prefill_s.append(seconds)
             past = out.past_key_values
+            for _ in range(steps):
+                seconds, out = timed(partial(local, token, past_key_values=past, use_cache=True))
+                local_s.append(seconds)
+                past = out.past_key_values
+
+    with_threads(local_threads, local_steps)
 
     return Profile(
         local_forward_ms=ms(local_s),
@@ -260,18 +371,23 @@ def profile_step(
     )
 
 
-def profile_lines(p: Profile) -> list[str]:
+def profile_lines(p: Profile, case: Case, local_threads: int) -> list[str]:
+    hops = len(case.spans)
     lines = [
         "| one decode step (1 token) | median |",
         "|---|---:|",
-        f"| local model forward, 30 blocks + head, in this process | {p.local_forward_ms:.1f} ms |",
-        f"| `InferenceSession.step` through the 3 hops, as in `generate` | {p.step_ms:.1f} ms |",
+        f"| local model forward, {case.blocks} blocks + head, in this process "
+        f"({local_label(local_threads)}) | {p.local_forward_ms:.1f} ms |",
+        f"| `InferenceSession.step` through the {hops} hops, as in `generate` "
+        f"| {p.step_ms:.1f} ms |",
         f"| client's norm + LM head after each step | {p.head_ms:.1f} ms |",
     ]
     for i, (hop, span) in enumerate(zip(p.hop_ms, p.span_ms, strict=True)):
+        start, end = span_range(case.spans[i])
         lines += [
-            f"| hop {i + 1} ({SPANS[i]}): round trip on the client's trio thread | {hop:.1f} ms |",
-            f"| hop {i + 1}: the same 10 blocks computed in this process, with the "
+            f"| hop {i + 1} ({case.spans[i]}): round trip on the client's trio thread "
+            f"| {hop:.1f} ms |",
+            f"| hop {i + 1}: the same {end - start} blocks computed in this process, with the "
             f"servers' threads | {span:.1f} ms |",
         ]
     lines += [
@@ -281,14 +397,59 @@ def profile_lines(p: Profile) -> list[str]:
         f"| {p.step_ms - sum(p.hop_ms):.1f} ms |",
         f"| round trip to a server of a 1-block tiny model (transport + protocol floor) "
         f"| {p.tiny_hop_ms:.1f} ms |",
-        f"| prompt prefill: local model / through the 3 hops "
+        f"| prompt prefill: local model / through the {hops} hops "
         f"| {p.local_prefill_ms:.1f} / {p.prefill_ms:.1f} ms |",
         f"| route + open + close a session (once per `generate`) | {p.session_ms:.1f} ms |",
-        "| servers' own figure at start-up (1 / announced throughput), hops 1-3 | "
+        f"| servers' own figure at start-up (1 / announced throughput), hops 1-{hops} | "
         + ", ".join(f"{v:.1f}" for v in p.startup_ms)
         + " ms |",
     ]
     return lines
+
+
+# -- the models -------------------------------------------------------------------
+
+
+def prepare_llama_1b(folder: Path) -> Path:
+    """The compute-heavy case's checkpoint in `folder`, made (seeded) on first use."""
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    print(f"making the random 0.85B Llama in {folder} (once) ...", flush=True)
+    torch.manual_seed(LLAMA_1B_SEED)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_1B), dtype=torch.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder), max_shard_size="10GB")  # one model.safetensors
+    params = sum(p.numel() for p in model.parameters())
+    done.write_text(f"{params} parameters, seed {LLAMA_1B_SEED}\n")
+    return folder
+
+
+def load_case(case: Case, cache_dir: Path | None) -> tuple[Path, Any, dict[str, Any], Any]:
+    """The checkpoint folder, prompt ids (1, prompt), generate() kwargs besides
+    the token counts, and a tokenizer (None for the random model)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from potluck.model import default_cache_dir, resolve_model
+
+    if case.key == "1b":
+        folder = (cache_dir or default_cache_dir()) / f"bench-llama-0.85b-seed{LLAMA_1B_SEED}"
+        path = prepare_llama_1b(folder)
+        generator = torch.Generator().manual_seed(LLAMA_1B_SEED)
+        vocab = LLAMA_1B["vocab_size"]
+        prompt_ids = torch.randint(3, vocab, (1, LLAMA_1B_PROMPT_TOKENS), generator=generator)
+        return path, prompt_ids, {"pad_token_id": LLAMA_1B["pad_token_id"]}, None
+    path = resolve_model("smollm2", cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    messages = [{"role": "user", "content": PROMPT}]
+    prompt_ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
+    return path, prompt_ids, {"pad_token_id": tokenizer.eos_token_id}, tokenizer
 
 
 # -- the run ---------------------------------------------------------------------
@@ -296,25 +457,19 @@ def profile_lines(p: Profile) -> list[str]:
 
 def run(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from potluck.client import AutoDistributedModelForCausalLM
-    from potluck.model import resolve_model
     from potluck.testing.models import make_tiny_llama
     from potluck.testing.swarm import LocalSwarm
 
+    case: Case = CASES[args.model]
     load_before = load_average()
-    path = resolve_model("smollm2")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    messages = [{"role": "user", "content": PROMPT}]
-    prompt_ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )["input_ids"]
-    kwargs: dict[str, Any] = {
+    path, prompt_ids, kwargs, tokenizer = load_case(case, args.cache_dir)
+    kwargs |= {
         "do_sample": False,
         "min_new_tokens": args.new_tokens,
         "max_new_tokens": args.new_tokens,
-        "pad_token_id": tokenizer.eos_token_id,
     }
     local = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     local.eval()
@@ -322,24 +477,26 @@ def run(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="potluck-bench-"))
     swarms = [LocalSwarm(workdir / f"threads{t}") for t in args.server_threads]
     models: list[Any] = []
-    results = [Figures("local")] + [Figures(f"distributed-{t}") for t in args.server_threads]
+    results = [Figures(f"local-{t}") for t in args.local_threads]
+    results += [Figures(f"distributed-{t}") for t in args.server_threads]
     profile: Profile | None = None
     try:
         for swarm, threads in zip(swarms, args.server_threads, strict=True):
             extra = ["--compute-threads", str(threads)] if threads else []
             boot = swarm.start_node("bootstrap")
             servers = [
-                swarm.start_node(f"server{i}", model="smollm2", blocks=s, extra=extra, wait=False)
-                for i, s in enumerate(SPANS, 1)
+                swarm.start_node(f"server{i}", model=str(path), blocks=s, extra=extra, wait=False)
+                for i, s in enumerate(case.spans, 1)
             ]
             for node in servers:
-                swarm.wait_ready(node)
+                swarm.wait_ready(node, timeout=600)
             models.append(
-                AutoDistributedModelForCausalLM.from_pretrained(
-                    "smollm2", initial_peers=[boot.addr]
-                )
+                AutoDistributedModelForCausalLM.from_pretrained(path, initial_peers=[boot.addr])
             )
-        sides: list[Callable[[], Any]] = [lambda: local.generate(prompt_ids, **kwargs)]
+        sides: list[Callable[[], Any]] = [
+            partial(with_threads, t, partial(local.generate, prompt_ids, **kwargs))
+            for t in args.local_threads
+        ]
         sides += [partial(m.generate, prompt_ids, **kwargs) for m in models]
         for figures, generate in zip(results, sides, strict=True):
             print(f"warm-up {figures.label} ...", flush=True)
@@ -362,13 +519,14 @@ def run(args: argparse.Namespace) -> None:
             extra = ["--compute-threads", str(t)] if (t := args.server_threads[0]) else []
             node = swarms[0].start_node("tiny", model=str(tiny), blocks="0:1", extra=extra)
             profile = profile_step(
+                case,
                 models[0],
                 local,
-                path,
                 prompt_ids,
                 node.addr,
                 steps=args.profile_steps,
                 server_threads=args.server_threads[0],
+                local_threads=fastest_local(args, results),
             )
     finally:
         for model in models:
@@ -377,12 +535,23 @@ def run(args: argparse.Namespace) -> None:
             swarm.stop()
     shutil.rmtree(workdir, ignore_errors=True)  # kept, with the nodes' logs, on failure
 
-    text = tokenizer.decode(results[0].tokens[0])
-    report(args, results, profile, prompt_ids.shape[1], text, (load_before, load_average()))
+    first = results[0].tokens[0]
+    text = tokenizer.decode(first) if tokenizer is not None else f"token ids {first[:24]}"
+    loads = (load_before, load_average())
+    report(args, case, results, profile, prompt_ids.shape[1], text, loads)
+
+
+def fastest_local(args: argparse.Namespace, results: list[Figures]) -> int:
+    """The --local-threads setting whose runs had the lowest median."""
+    figures = results[: len(args.local_threads)]
+    best = min(range(len(figures)), key=lambda i: figures[i].median())
+    threads: int = args.local_threads[best]
+    return threads
 
 
 def report(
     args: argparse.Namespace,
+    case: Case,
     results: list[Figures],
     profile: Profile | None,
     prompt_tokens: int,
@@ -392,11 +561,15 @@ def report(
     import torch
 
     n = args.new_tokens
-    hops = len(SPANS)
-    local, dists = results[0], results[1:]
-    labels = ["local transformers `generate`"] + [
-        f"distributed, 3 servers, {threads_label(t)}" for t in args.server_threads
-    ]
+    hops = len(case.spans)
+    locals_, dists = results[: len(args.local_threads)], results[len(args.local_threads) :]
+    local_threads = fastest_local(args, results)
+    local = locals_[args.local_threads.index(local_threads)]
+    if args.local_threads == [0]:  # the original single baseline
+        labels = ["local transformers `generate`"]
+    else:
+        labels = [f"local transformers `generate`, {local_label(t)}" for t in args.local_threads]
+    labels += [f"distributed, {hops} servers, {threads_label(t)}" for t in args.server_threads]
     rows = [
         "| | tokens/s (median) | ms/token (median) | tokens/s (best) | runs (tokens/s) |",
         "|---|---:|---:|---:|---|",
@@ -415,11 +588,16 @@ def report(
         headline = " (headline)" if dist is dists[0] else ""
         summary.append(
             f"- servers with {threads_label(threads)}{headline}: ratio distributed / local "
-            f"**{ratio:.2f}** (target 0.85; best run against best run {best:.2f}); "
+            f"**{ratio:.2f}** (target {case.target:g}; best run against best run {best:.2f}); "
             f"overhead per hop **{per_hop:.1f} ms** per token"
         )
+    if len(locals_) > 1:
+        summary.append(
+            f"- ratios and overheads are against the faster local setting, "
+            f"{local_label(local_threads)}"
+        )
     summary.append(f"- distributed tokens equal local tokens: **{'yes' if same else 'NO'}**")
-    plines = profile_lines(profile) if profile is not None else []
+    plines = profile_lines(profile, case, local_threads) if profile is not None else []
 
     print()
     print("\n".join(rows))
@@ -432,23 +610,27 @@ def report(
     if args.no_append:
         return
 
+    prompt = (
+        "chat prompt" if case.key == "smollm2" else f"prompt (random ids, seed {LLAMA_1B_SEED})"
+    )
     section = [
-        f"## Inference: 3 server processes vs local transformers ({datetime.date.today()})",
+        f"## {case.title} ({datetime.date.today()})",
         "",
-        f"SmolLM2-135M-Instruct, fp32, greedy (`do_sample=False`), {n} new tokens "
-        f"(`min_new_tokens = max_new_tokens = {n}`) after a {prompt_tokens}-token chat "
-        f"prompt. A bootstrap node and servers holding blocks {', '.join(SPANS)} run as "
+        f"{case.label}, greedy (`do_sample=False`), {n} new tokens "
+        f"(`min_new_tokens = max_new_tokens = {n}`) after a {prompt_tokens}-token {prompt}. "
+        f"A bootstrap node and servers holding blocks {', '.join(case.spans)} run as "
         "separate processes on 127.0.0.1 (`LocalSwarm`); the client and the local "
         "baseline share the benchmark's process. Time is the wall clock of the whole "
         "`generate` call (prefill included; for the distributed side also finding a "
         f"route and opening the session). Each side ran {args.runs} times, interleaved "
         "with a rotating order, after a warm-up; medians, with the best run beside them. "
-        "Overhead per hop = (distributed - local) per-token time / 3.",
+        f"Overhead per hop = (distributed - local) per-token time / {hops}.",
         "",
         f"Machine: {os.cpu_count()} cores (nproc), {platform.machine()}, torch "
         f"{torch.__version__} with {torch.get_num_threads()} threads in the client and "
-        "baseline process; servers' torch threads as labelled (`--compute-threads`; "
-        "torch's default is one per core). Every process shares the same cores. "
+        "baseline process (the baseline's as labelled when several were run); servers' "
+        "torch threads as labelled (`--compute-threads`; torch's default is one per core). "
+        "Every process shares the same cores. "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}. Python "
         f"{platform.python_version()}; 1-minute load average {loads[0]} before and "
         f"{loads[1]} after the run; potluck from {potluck_source()}.",
@@ -477,14 +659,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--model",
+        choices=sorted(CASES),
+        default="smollm2",
+        help="smollm2 (default): 3 servers; 1b: a random 0.85B Llama on 2 servers",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs of each side (default 3)")
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens to generate")
+    parser.add_argument(
+        "--new-tokens", type=int, help="tokens to generate (default 128; 32 with --model 1b)"
+    )
     parser.add_argument(
         "--server-threads",
         type=parse_threads,
         default=[1, 0],
         help="comma-separated --compute-threads settings for the servers, headline first; "
         "0 is torch's default (default: 1,0)",
+    )
+    parser.add_argument(
+        "--local-threads",
+        type=parse_threads,
+        help="comma-separated torch thread counts for the local baseline, each its own side; "
+        "0 is torch's default; ratios use the fastest (default: 0; 0,1 with --model 1b)",
     )
     parser.add_argument(
         "--no-profile",
@@ -497,9 +693,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="set OMP_WAIT_POLICY=PASSIVE for every process (baseline, client, servers)",
     )
-    parser.add_argument("--profile-steps", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where models are prepared (default: Potluck's model cache); "
+        "the 1b checkpoint takes 3.4 GB",
+    )
+    parser.add_argument("--profile-steps", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-append", action="store_true", help="do not edit docs/benchmarks.md")
     args = parser.parse_args(argv)
+    case = CASES[args.model]
+    if args.new_tokens is None:
+        args.new_tokens = case.new_tokens
+    if args.profile_steps is None:
+        args.profile_steps = case.profile_steps
+    if args.local_threads is None:
+        args.local_threads = list(case.local_threads)
     if args.runs < 1 or args.new_tokens < 1:
         parser.error("--runs and --new-tokens must be at least 1")
     if args.omp_passive:  # before torch starts OpenMP here; the servers inherit it

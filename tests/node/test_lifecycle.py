@@ -82,7 +82,7 @@ def test_servers_are_announced_and_a_dead_one_expires(tiny_model: Path, tmp_path
         finally:
             runtime.close()
         assert a.peer_id not in seen and b.peer_id in seen
-        assert gone_after <= 3 + 2  # the TTL, plus the expiry sweep and polling slack
+        assert gone_after <= 3 + 4  # the TTL, plus the 1 s expiry sweep and slack for a busy machine
 
 
 def _start_and_fail(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
