@@ -213,7 +213,9 @@ def threads_label(threads: int) -> str:
 
 
 def local_label(threads: int) -> str:
-    return "torch default threads" if threads == 0 else f"{threads} torch thread(s)"
+    if threads == 0:
+        return "torch default threads"
+    return f"{threads} torch thread" + ("s" if threads > 1 else "")
 
 
 def with_threads(threads: int, fn: Callable[[], Any]) -> Any:

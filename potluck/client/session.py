@@ -144,7 +144,7 @@ class FailoverPolicy:
     step_timeout: float = 30.0
     #: Seconds to wait for the swarm to offer replacement servers.
     route_timeout: float = 30.0
-    #: Replacements tried within one step before giving up.
+    #: Failed servers (originals and replacements) tolerated within one step.
     max_failovers: int = 8
 
 
@@ -178,6 +178,7 @@ class InferenceSession:
         self.hops = [HopSession(hop, max_length) for hop in route]
         self.position = 0
         self.failovers = 0
+        self._budget = self.policy.max_failovers  # failed servers still allowed this step
         self._closed = False
         try:
             runtime.run(self._open)
@@ -190,13 +191,14 @@ class InferenceSession:
         return [hop.hop for hop in self.hops]
 
     async def _open(self) -> None:
+        self._budget = self.policy.max_failovers
         i = 0
         while i < len(self.hops):
             try:
                 await self.hops[i].open(self.runtime.host)
                 i += 1
             except _HOP_FAILURES as exc:  # e.g. a server refusing for lack of cache
-                i += await self._replace(i, exc, attempt=1)
+                i += await self._replace(i, exc)
 
     async def _forward(self, hop: HopSession, hidden: torch.Tensor) -> torch.Tensor:
         try:
@@ -208,39 +210,59 @@ class InferenceSession:
             ) from None
 
     async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
-        i, attempts = 0, 0
+        self._budget = self.policy.max_failovers
+        i = 0
         while i < len(self.hops):
             try:
                 out = await self._forward(self.hops[i], hidden)
             except _HOP_FAILURES as exc:
-                attempts += 1
-                if attempts > self.policy.max_failovers:
-                    raise
-                await self._replace(i, exc, attempt=attempts)
+                await self._replace(i, exc)
                 continue  # the same input, now to the first replacement
             hidden = out
             i += 1
         return hidden
 
-    async def _replace(self, i: int, exc: BaseException, *, attempt: int) -> int:
+    def _give_up_on(self, peer_id: str, exc: BaseException) -> None:
+        """Ban a failed server, spending one of this step's failovers."""
+        self.swarm.ban(peer_id)
+        self._budget -= 1
+        if self._budget < 0:
+            raise NoRouteError(
+                f"gave up after {self.policy.max_failovers} failed servers in one step; "
+                f"the last: {exc}"
+            ) from exc
+
+    async def _replace(self, i: int, exc: BaseException) -> int:
         """Swap hop `i` for fresh, open hops over its blocks, rebuilt from its
-        history; returns how many hops took its place."""
-        if attempt > self.policy.max_failovers:
-            raise NoRouteError(f"gave up after {attempt - 1} failovers: {exc}") from exc
+        history; returns how many hops took its place.
+
+        Every server that fails, the original and any replacement, is banned
+        and spends one of the step's `max_failovers`.
+        """
         failed = self.hops[i]
         where = f"{failed.hop.start}:{failed.hop.end} on {failed.hop.peer_id}"
         log.warning("hop %s failed: %s", where, exc)
-        self.swarm.ban(failed.hop.peer_id)
         await failed.abandon()
+        self._give_up_on(failed.hop.peer_id, exc)
         history = torch.cat(failed.history, dim=1) if failed.history else None
+        last: BaseException = exc
         while True:
-            route = await self.swarm.wait_for_route(
-                self.runtime.host,
-                self.policy.route_timeout,
-                start=failed.hop.start,
-                end=failed.hop.end,
-                min_free_cache=self.max_length,
-            )
+            try:  # the known, unbanned servers first; ask the swarm only if they don't cover
+                route = self.swarm.route(
+                    failed.hop.start, failed.hop.end, min_free_cache=self.max_length
+                )
+            except NoRouteError:
+                route = []
+            try:
+                route = route or await self.swarm.wait_for_route(
+                    self.runtime.host,
+                    self.policy.route_timeout,
+                    start=failed.hop.start,
+                    end=failed.hop.end,
+                    min_free_cache=self.max_length,
+                )
+            except NoRouteError as none:  # say why the servers we had are gone
+                raise NoRouteError(f"{none}; the last server failure: {last}") from last
             fresh = [HopSession(hop, self.max_length) for hop in route]
             try:
                 replay = history
@@ -249,14 +271,12 @@ class InferenceSession:
                     if replay is not None:
                         replay = await self._forward(hop, replay)
             except _HOP_FAILURES as again:
+                last = again
                 bad = next((h for h in fresh if h.failed), fresh[-1])
                 log.warning("replacement %s failed too: %s", bad.hop.peer_id, again)
-                self.swarm.ban(bad.hop.peer_id)
                 for hop in fresh:
                     await hop.abandon()
-                attempt += 1
-                if attempt > self.policy.max_failovers:
-                    raise NoRouteError(f"gave up after {attempt - 1} failovers: {again}") from again
+                self._give_up_on(bad.hop.peer_id, again)
                 continue
             break
         self.hops[i : i + 1] = fresh
@@ -280,6 +300,8 @@ class InferenceSession:
 
     async def _close(self) -> None:
         for hop in self.hops:
+            if hop.step and not hop.failed:  # served us well: its past failures are forgiven
+                self.swarm.banlist.forgive(hop.hop.peer_id)
             await hop.close()
 
     def close(self) -> None:

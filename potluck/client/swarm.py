@@ -59,6 +59,8 @@ class SwarmClient:
         self.table = PeerTable(verify=verify_announcement)
         self.banlist = banlist or Banlist()
         self.rtt: dict[str, float] = {}
+        #: Why the last view exchange with a peer failed (unreachable, unreadable...).
+        self.view_failures: dict[str, str] = {}
         self.payload_bytes = payload_bytes  # hidden-state bytes of one token
         self._rtt_at: dict[str, float] = {}
 
@@ -87,6 +89,7 @@ class SwarmClient:
             SwarmRequest(),
             clock=self.clock,
             timeout=self.request_timeout,
+            failures=self.view_failures,
         )
         await self.measure_rtts(host)
 
@@ -149,4 +152,8 @@ class SwarmClient:
                 except NoRouteError as exc:
                     last = exc
                 await trio.sleep(0.25)
-        raise NoRouteError(f"after {timeout:.0f} s: {last}")
+        why = ""
+        if self.view_failures:  # e.g. a peer running another Potluck version
+            peer, reason = sorted(self.view_failures.items())[0]
+            why = f"; {len(self.view_failures)} peer(s) gave no usable view, e.g. {peer}: {reason}"
+        raise NoRouteError(f"after {timeout:.0f} s: {last}{why}")

@@ -36,7 +36,8 @@ Moving (`plan_move`)
        number of unserved blocks must fall.
 
     `margin` (say 0.2, i.e. 20 %) is the price of a move: a server that moves
-    drops its sessions and reloads weights, which is only worth it for a
+    loads new weights (keeping the old ones until its open sessions end), which
+    is only worth it for a
     clear gain, and measured throughputs are noisy, so a tiny "gain" is often
     no gain at all. It must be >= 0.
 

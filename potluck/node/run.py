@@ -38,6 +38,7 @@ async def serve(config: NodeConfig, *, on_ready: Callable[[Server], None] | None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(config) as server:
             write_ready_file(server)
+            server.on_change = write_ready_file  # a move rewrites the blocks in node.json
             if on_ready is not None:
                 on_ready(server)
             async for _ in signals:

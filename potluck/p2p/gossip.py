@@ -24,9 +24,11 @@ async def exchange_views(
     *,
     clock: Callable[[], float],
     timeout: float,
+    failures: dict[str, str] | None = None,
 ) -> None:
     """Send `message` (our announcement, or a `SwarmRequest`) to every target at once
-    and merge each `SwarmView` that comes back; an unreachable peer is skipped."""
+    and merge each `SwarmView` that comes back; an unreachable peer is skipped, and
+    why is recorded in `failures` (by peer ID) when given."""
 
     async def one(peer_id: str, addrs: Sequence[str]) -> None:
         try:
@@ -34,7 +36,11 @@ async def exchange_views(
                 reply = await host.request(peer_id, PROTOCOL_RPC, message, addrs=addrs)
         except (PotluckError, trio.TooSlowError) as exc:
             log.debug("view exchange with %s failed: %s", peer_id, exc)
+            if failures is not None:
+                failures[peer_id] = str(exc) or type(exc).__name__
             return
+        if failures is not None:
+            failures.pop(peer_id, None)
         if isinstance(reply, SwarmView):
             table.merge(reply.servers, clock())
 

@@ -14,6 +14,7 @@ thread, so yamux never times out waiting for a window update.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -159,6 +160,16 @@ class PotluckHost:
         return reply
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """ConfigError if `host:port` is taken. py-libp2p listens with SO_REUSEPORT, so a
+    second node on a taken port would silently share it; a plain bind tells."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 @asynccontextmanager
 async def open_host(
     identity: Identity,
@@ -169,6 +180,8 @@ async def open_host(
     timeout: float = 60.0,
 ) -> AsyncIterator[PotluckHost]:
     """Run a libp2p host listening on `host:port` (0 picks a free port)."""
+    if port:
+        _check_port_free(host, port)
     listen = multiaddr.Multiaddr(f"/ip4/{host}/tcp/{port}")
     raw = new_host(
         key_pair=identity.keypair(),

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import potluck
 from potluck.errors import PotluckError
 from potluck.node.run import READY_FILE
 
@@ -77,6 +78,11 @@ class LocalSwarm:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **(env or {})}
+        # nodes run the same potluck as this process, wherever they are started from
+        root = str(Path(potluck.__file__).resolve().parents[1])
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (root, self.env.get("PYTHONPATH", "")) if p
+        )
         self.env.setdefault("HF_HUB_OFFLINE", "1")
         self.env.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.nodes: list[NodeProcess] = []

@@ -25,6 +25,7 @@ Messages, by exchange:
     InferenceStep(session_id, step, position, hidden)   -> StepResult(session_id, step, hidden)
     CloseSession(session_id)                            -> SessionClosed(session_id)
     Forward(start, end, hidden)                         -> ForwardResult(hidden)
+    Echo(payload)                                       -> Echo(payload)
     InfoRequest()                                       -> ServerInfo(...)
     SwarmRequest()                                      -> SwarmView(servers)
     any request                                         -> ErrorReply(code, message)
@@ -79,8 +80,9 @@ __all__ = [
 ]
 
 MAX_BLOCKS = 100_000
-MAX_ECHO_ELEMENTS = 1 << 20  # 4 MiB of float32
 """Spans are `start <= block < end` with `0 <= start < end <= MAX_BLOCKS`."""
+MAX_ECHO_ELEMENTS = 1 << 20
+"""An `Echo` payload holds at most this many float32 values (4 MiB)."""
 MAX_SESSION_LENGTH = 1_000_000
 """Most tokens an inference session may hold."""
 MAX_ADDRS = 16

@@ -82,7 +82,9 @@ def test_servers_are_announced_and_a_dead_one_expires(tiny_model: Path, tmp_path
         finally:
             runtime.close()
         assert a.peer_id not in seen and b.peer_id in seen
-        assert gone_after <= 3 + 4  # the TTL, plus the 1 s expiry sweep and slack for a busy machine
+        assert (
+            gone_after <= 3 + 4
+        )  # the TTL, plus the 1 s expiry sweep and slack for a busy machine
 
 
 def _start_and_fail(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -108,3 +110,12 @@ def test_a_malformed_initial_peer_is_a_one_line_error(tmp_path: Path) -> None:
     result = _start_and_fail(tmp_path, "--initial-peers", "127.0.0.1:4000")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "127.0.0.1:4000" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_node_on_a_taken_port_is_refused(tmp_path: Path) -> None:
+    with LocalSwarm(tmp_path) as swarm:
+        first = swarm.start_node("first", extra=["--port", "0"])
+        port = first.addr.split("/tcp/")[1].split("/")[0]
+        result = _start_and_fail(tmp_path / "second", "--port", port)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot listen" in result.stderr
