@@ -49,8 +49,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +56,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+from common import command_line, load_average, potluck_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -165,47 +165,6 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def ms(values: Sequence[float]) -> float:
     return 1000 * statistics.median(values)
-
-
-def load_average() -> str:
-    """The 1-minute load average: other work on the machine skews every figure."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
-
-def potluck_source() -> str:
-    """Where `potluck` was imported from, its git commit, and whether its files differ."""
-    import potluck
-
-    folder = Path(potluck.__file__).resolve().parent
-
-    def git(*words: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(folder), *words], check=True, capture_output=True, text=True
-        )
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        if git("status", "--porcelain", "--", "."):
-            commit += ", with uncommitted changes in potluck/"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
-    return f"{folder} ({commit})"
-
-
-def command_line() -> str:
-    """The command that ran this benchmark, relative to the repository when it can be."""
-    exe = Path(sys.executable)
-    if Path.cwd().resolve() == ROOT and exe.absolute().parent.parent == ROOT / ".venv":
-        words = [COMMAND]
-    else:
-        words = [f"cd {Path.cwd()} &&", str(exe), str(Path(__file__).resolve())]
-    if path := os.environ.get("PYTHONPATH"):  # e.g. a snapshot of potluck to import instead
-        words.insert(-2, f"PYTHONPATH={path}")
-    return " ".join([*words, *sys.argv[1:]])
 
 
 def threads_label(threads: int) -> str:
@@ -650,7 +609,7 @@ def report(
             *plines,
             "",
         ]
-    section += [f"Command: `{command_line()}`", ""]
+    section += [f"Command: `{command_line(COMMAND, __file__)}`", ""]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     DOC.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(section))

@@ -37,8 +37,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,6 +48,8 @@ if TYPE_CHECKING:  # imported lazily at run time, so that --help stays quick
     from potluck.client import DistributedModelForCausalLM, InferenceSession
     from potluck.client.swarm import SwarmClient
     from potluck.testing.swarm import LocalSwarm, NodeProcess
+
+from common import command_line, load_average, potluck_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -94,45 +94,6 @@ class KillRun:
 
 
 # -- helpers --------------------------------------------------------------------
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
-
-
-def potluck_source() -> str:
-    """Where `potluck` was imported from, its git commit, and whether its files differ."""
-    import potluck
-
-    folder = Path(potluck.__file__).resolve().parent
-
-    def git(*words: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(folder), *words], check=True, capture_output=True, text=True
-        )
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        if git("status", "--porcelain", "--", "."):
-            commit += ", with uncommitted changes in potluck/"
-    except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
-    return f"{folder} ({commit})"
-
-
-def command_line() -> str:
-    exe = Path(sys.executable)
-    if Path.cwd().resolve() == ROOT and exe.absolute().parent.parent == ROOT / ".venv":
-        words = [COMMAND]
-    else:
-        words = [f"cd {Path.cwd()} &&", str(exe), str(Path(__file__).resolve())]
-    if path := os.environ.get("PYTHONPATH"):  # e.g. a snapshot of potluck to import instead
-        words.insert(-2, f"PYTHONPATH={path}")
-    return " ".join([*words, *sys.argv[1:]])
 
 
 def kill_points(kills: int, new_tokens: int) -> list[int]:
@@ -439,7 +400,7 @@ def report(
         "",
         *summary,
         "",
-        f"Command: `{command_line()}`",
+        f"Command: `{command_line(COMMAND, __file__)}`",
         "",
     ]
     DOC.parent.mkdir(parents=True, exist_ok=True)
