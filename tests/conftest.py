@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,11 +27,3 @@ def smollm2_path() -> Path:
     from potluck.model import resolve_model
 
     return resolve_model("smollm2")
-
-
-@pytest.fixture
-def output_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A per-test directory under test-output/ for artefacts worth keeping."""
-    path = Path("test-output") / request.node.name
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
