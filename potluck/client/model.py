@@ -99,9 +99,10 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         vocab, hidden = head.embed_weight.shape
         self._embeddings = nn.Embedding(vocab, hidden, _weight=head.embed_weight, _freeze=True)
         self._active: RemoteCache | None = None
-        #: The session a running `generate()` uses (for progress callbacks and tests).
+        #: The session a running `generate()` uses (for progress callbacks and tests;
+        #: with several threads generating at once, the one that started last).
         self.current_session: InferenceSession | None = None
-        #: How many failed hops the last `generate()` replaced.
+        #: How many failed hops the last `generate()` to finish replaced.
         self.last_session_failovers = 0
 
     # -- Hugging Face plumbing ------------------------------------------------
