@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def load_average() -> str:
@@ -49,3 +50,11 @@ def command_line(command: str, script: str) -> str:
     if path := os.environ.get("PYTHONPATH"):  # e.g. a snapshot of potluck to import instead
         words.insert(-2, f"PYTHONPATH={path}")
     return " ".join([*words, *sys.argv[1:]])
+
+
+def append_to_doc(section: str) -> None:
+    """Append a section to docs/benchmarks.md (created with its title if missing)."""
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    DOC.write_text(existing.rstrip("\n") + "\n\n" + section)
+    print(f"\nappended to {DOC.relative_to(ROOT)}")

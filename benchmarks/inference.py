@@ -57,7 +57,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import command_line, load_average, potluck_source
+from common import append_to_doc, command_line, load_average, potluck_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -610,10 +610,7 @@ def report(
             "",
         ]
     section += [f"Command: `{command_line(COMMAND, __file__)}`", ""]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    DOC.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(section))
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
+    append_to_doc("\n".join(section))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import append_to_doc
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 SPAN = (0, 10)
@@ -134,9 +136,7 @@ def main() -> None:
             "",
         ]
     )
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    DOC.write_text(existing.rstrip("\n") + "\n\n" + section)
+    append_to_doc(section)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # imported lazily at run time, so that --help stays quick
     from potluck.client.swarm import SwarmClient
     from potluck.testing.swarm import LocalSwarm, NodeProcess
 
-from common import command_line, load_average, potluck_source
+from common import append_to_doc, command_line, load_average, potluck_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -403,10 +403,7 @@ def report(
         f"Command: `{command_line(COMMAND, __file__)}`",
         "",
     ]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    existing = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    DOC.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(section))
-    print(f"\nappended to {DOC.relative_to(ROOT)}")
+    append_to_doc("\n".join(section))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

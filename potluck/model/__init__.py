@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from potluck.model.checkpoint import (
     SUPPORTED_ARCHITECTURES,
+    block_weight_bytes,
     load_config,
     model_identity,
     num_blocks,
@@ -35,6 +36,7 @@ __all__ = [
     "BlockSpan",
     "ClientHead",
     "SpanCache",
+    "block_weight_bytes",
     "default_cache_dir",
     "load_config",
     "model_identity",

@@ -64,6 +64,18 @@ def num_blocks(config: PreTrainedConfig) -> int:
     return int(config.num_hidden_layers)
 
 
+def block_weight_bytes(config: PreTrainedConfig, dtype: torch.dtype) -> int:
+    """Weight bytes of one decoder block in `dtype`, from the config alone (attention,
+    MLP and the two norms; biases, where a model has them, are left out)."""
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv
+    mlp = 3 * hidden * int(config.intermediate_size)
+    return (attention + mlp + 2 * hidden) * torch.finfo(dtype).bits // 8
+
+
 def model_identity(path: Path | str) -> str:
     """A sha256 hex digest naming the exact weights of the checkpoint at `path`.
 

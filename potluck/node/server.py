@@ -48,7 +48,14 @@ from potluck.errors import (
     TensorError,
     WireError,
 )
-from potluck.model import BlockSpan, load_config, model_identity, num_blocks, resolve_model
+from potluck.model import (
+    BlockSpan,
+    block_weight_bytes,
+    load_config,
+    model_identity,
+    num_blocks,
+    resolve_model,
+)
 from potluck.node.balance import block_throughputs, choose_span, plan_move, span_for_memory
 from potluck.node.config import NodeConfig
 from potluck.node.sessions import SessionTable
@@ -535,19 +542,8 @@ class ServedModel:
             path=path,
             identity=model_identity(path),
             num_blocks=num_blocks(config),
-            bytes_per_block=_bytes_per_block(config, torch.finfo(getattr(torch, dtype)).bits // 8),
+            bytes_per_block=block_weight_bytes(config, getattr(torch, dtype)),
         )
-
-
-def _bytes_per_block(config: Any, dtype_bytes: int) -> int:
-    """Weight bytes of one decoder block, from the config (attention + MLP + norms)."""
-    hidden = int(config.hidden_size)
-    heads = int(config.num_attention_heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv
-    mlp = 3 * hidden * int(config.intermediate_size)
-    return (attention + mlp + 2 * hidden) * dtype_bytes
 
 
 def _available_memory() -> int:

@@ -18,23 +18,10 @@ from potluck.client.routing import (
     plan_route,
 )
 from potluck.errors import NoRouteError
+from potluck.testing.servers import fake_server
 from potluck.wire import ServerInfo
 
-
-def server(
-    name: str, start: int, end: int, throughput: float = 10.0, model: str = "smollm2"
-) -> ServerInfo:
-    return ServerInfo(
-        peer_id=f"12D3KooW{name}",
-        addrs=(),
-        model=model,
-        start=start,
-        end=end,
-        throughput=throughput,
-        free_cache_tokens=1000,
-        version="0.1.0",
-        expires_at=1e9,
-    )
+server = fake_server
 
 
 def spans(route: list[Hop]) -> list[tuple[str, int, int]]:

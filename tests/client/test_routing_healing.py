@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from potluck.client.routing import Banlist, hop_cost, plan_route
 from potluck.errors import NoRouteError
-from tests.client.test_routing import server
+from potluck.testing.servers import fake_server as server
 
 
 def test_a_sub_range_route_tiles_exactly_the_blocks_asked_for() -> None:

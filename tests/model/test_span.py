@@ -176,3 +176,16 @@ def test_missing_or_misshapen_tensors_raise_model_error(tiny_llama: Path, tmp_pa
         BlockSpan.load(tmp_path, 2, 4)
     with pytest.raises(ModelError, match=r"down_proj.weight has shape \(3, 3\)"):
         BlockSpan.load(tmp_path, 0, 2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_weight_bytes_matches_a_loaded_block(
+    tmp_path: Path, arch: str, dtype: torch.dtype
+) -> None:
+    from potluck.model import block_weight_bytes
+    from potluck.testing.models import make_tiny_llama
+
+    path = make_tiny_llama(tmp_path / arch, num_layers=2, arch=arch)
+    estimate = block_weight_bytes(load_config(path), dtype)
+    assert estimate == BlockSpan.load(path, 0, 1, dtype=dtype).nbytes

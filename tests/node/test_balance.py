@@ -15,25 +15,13 @@ from potluck.node.balance import (
     plan_move,
     span_for_memory,
 )
+from potluck.testing.servers import fake_server
 from potluck.wire import ServerInfo
 
 MARGIN = 0.2
 
 
-def server(
-    name: str, start: int, end: int, throughput: float = 10.0, model: str = "smollm2"
-) -> ServerInfo:
-    return ServerInfo(
-        peer_id=f"12D3KooW{name}",
-        addrs=(),
-        model=model,
-        start=start,
-        end=end,
-        throughput=throughput,
-        free_cache_tokens=1000,
-        version="0.1.0",
-        expires_at=1e9,
-    )
+server = fake_server
 
 
 def moved(s: ServerInfo, span: tuple[int, int]) -> ServerInfo:

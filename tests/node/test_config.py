@@ -122,17 +122,6 @@ def test_help_texts_cover_every_field() -> None:
         assert text.rstrip().endswith((".", ")")), f"{name}: {text!r}"
 
 
-def test_block_bytes_estimate_matches_a_loaded_block(tmp_path: Path) -> None:
-    from potluck.model import BlockSpan, load_config
-    from potluck.node.server import _bytes_per_block
-    from potluck.testing.models import make_tiny_llama
-
-    path = make_tiny_llama(tmp_path / "m", num_layers=2)
-    estimate = _bytes_per_block(load_config(path), 4)
-    actual = BlockSpan.load(path, 0, 1).nbytes
-    assert abs(estimate - actual) <= 0.01 * actual
-
-
 def test_blocks_and_num_blocks_are_exclusive() -> None:
     with pytest.raises(ConfigError, match="either"):
         NodeConfig(model="m", blocks="0:2", num_blocks=2)
