@@ -2,6 +2,7 @@
 
     PotluckError
     ├── ConfigError                  a user mistake in flags, files or arguments
+    │   └── GenesisError             a genesis file that is missing or malformed
     ├── ModelError                   a checkpoint that cannot be found or loaded
     │   └── SpanError                a block range outside the model or the server's span
     ├── WireError                    bytes that do not decode to a valid message
@@ -9,7 +10,7 @@
     │   │   └── FrameTooLarge        a frame over the configured maximum size
     │   ├── MessageError             a frame whose payload is not a valid message
     │   └── TensorError              a tensor with a bad dtype, shape or byte count
-    ├── InvalidSignature             a signature that does not verify
+    ├── InvalidSignature             a signature that does not verify (ForgedEntry too)
     ├── NetworkError                 a peer that cannot be reached or went away
     │   └── PeerTimeout              a peer that did not answer in time
     ├── RemoteError                  an error reported by the peer (carries its code)
@@ -17,7 +18,23 @@
     │   ├── UnknownSession           the peer has no such inference session
     │   ├── SessionLimitExceeded     the peer refused a session (cache budget, per-peer cap)
     │   └── RemoteSpanError          the peer does not serve the requested blocks
-    └── NoRouteError                 the swarm view does not cover every block
+    ├── NoRouteError                 the swarm view does not cover every block
+    ├── LedgerError                  the ledger refuses an entry or an operation
+    │   ├── MalformedEntry           bytes that are not a canonical, well-formed entry
+    │   ├── WrongSwarm               an entry of another swarm (replayed across swarms)
+    │   ├── ForgedEntry              an entry whose signature is not its author's
+    │   ├── ReplayedEntry            an entry this replica already holds
+    │   ├── NotValidator             a validator-only kind by an account not in genesis
+    │   ├── WrongPrevHash            prev_hash that is not the author's entry at seq - 1
+    │   ├── WrongBalance             a balance-after that the entry's effect does not give
+    │   ├── InsufficientBalance      a send or ticket that would overdraw its account
+    │   ├── AlreadyReceived          a second receive of the same send on one chain
+    │   ├── NotReceivable            a receive of an entry that is not a transfer to its author
+    │   ├── MissingDependency        a predecessor or source this replica does not have (yet)
+    │   │   ├── SeqGap               the author's entry at seq - 1 is missing
+    │   │   └── UnknownSource        the send a receive refers to is missing
+    │   ├── AccountFrozen            an account that equivocated (its chain forked)
+    │   └── InvalidFraudProof        two entries that do not prove an equivocation
 
 Errors raised locally while decoding untrusted bytes are `WireError`s; the
 server turns them into an `ErrorReply` with the matching code, and the client
@@ -126,6 +143,106 @@ class RemoteSpanError(RemoteError):
 
 class NoRouteError(PotluckError):
     """The known servers do not cover every block of the model."""
+
+
+class LedgerError(PotluckError):
+    """The ledger refuses an entry or an operation; `code` names the rule."""
+
+    code = "ledger_error"
+
+
+class MalformedEntry(LedgerError):
+    """Bytes that are not a canonical, well-formed ledger entry."""
+
+    code = "malformed_entry"
+
+
+class WrongSwarm(LedgerError):
+    """An entry whose swarm_id is not this swarm's (a replay across swarms)."""
+
+    code = "wrong_swarm"
+
+
+class ForgedEntry(LedgerError, InvalidSignature):
+    """An entry whose signature does not verify against its author's key."""
+
+    code = "bad_signature"
+
+
+class ReplayedEntry(LedgerError):
+    """An entry this replica already holds, delivered again."""
+
+    code = "replayed"
+
+
+class NotValidator(LedgerError):
+    """A validator-only kind (grant, mint, attest, audit, slash, checkpoint) by another account."""
+
+    code = "not_validator"
+
+
+class WrongPrevHash(LedgerError):
+    """A prev_hash that is not the hash of the author's entry at seq - 1."""
+
+    code = "wrong_prev_hash"
+
+
+class WrongBalance(LedgerError):
+    """A balance-after that does not follow from the previous balance and the entry."""
+
+    code = "wrong_balance"
+
+
+class InsufficientBalance(LedgerError):
+    """A send or ticket for more points than its account holds."""
+
+    code = "overdraft"
+
+
+class AlreadyReceived(LedgerError):
+    """A receive of a transfer that the same account chain already received."""
+
+    code = "already_received"
+
+
+class NotReceivable(LedgerError):
+    """A receive whose source is not a grant, mint, send or ticket to its author."""
+
+    code = "not_receivable"
+
+
+class MissingDependency(LedgerError):
+    """An entry that needs another entry this replica does not hold yet."""
+
+    code = "missing_dependency"
+
+
+class SeqGap(MissingDependency):
+    """The author's previous entry (prev_hash at seq - 1) is missing."""
+
+    code = "seq_gap"
+
+
+class UnknownSource(MissingDependency):
+    """The transfer that a receive refers to is missing."""
+
+    code = "unknown_source"
+
+
+class AccountFrozen(LedgerError):
+    """An account whose chain forked: it equivocated and may not spend."""
+
+    code = "account_frozen"
+
+
+class InvalidFraudProof(LedgerError):
+    """Two entries that do not prove that their author equivocated."""
+
+    code = "invalid_fraud_proof"
+
+
+class GenesisError(ConfigError):
+    """A genesis file that is missing, malformed or for another swarm."""
 
 
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {

@@ -1,0 +1,422 @@
+"""The ledger engine: ingest entries in any order, derive balances, find forks.
+
+`Ledger` turns batches of decoded entries into accepted entries, typed
+rejections and fork records. It owns no I/O itself: it reads and writes
+through a `Backend`, either `MemoryBackend` (pure, for tests and tools) or
+`potluck.ledger.store.SqliteBackend`. The same engine runs over both.
+
+Why any delivery order gives the same state
+-------------------------------------------
+The stored set only grows, and whether an entry is accepted depends only on
+the entry and on the entries it names (its predecessor and, for a receive,
+its source), never on what else happens to be stored or in what order it
+came. An entry that arrives before what it names is rejected with a
+`MissingDependency` (`SeqGap` or `UnknownSource`) and parked in a bounded
+pool; when the missing entry is accepted, the parked ones are applied in
+turn. Balances, frontiers and forks are then functions of the stored set
+(`Ledger.state`), so every replica that holds the same valid entries reports
+the same state, whatever the order, duplication or partition of delivery.
+
+Forks
+-----
+Two valid entries by one author at one seq are an equivocation. Both are
+stored (replicas must converge on the same set), the pair with the two
+smallest hashes is recorded as the fork's fraud proof, and the account is
+frozen: its reported balance and frontier stay at the last entry before the
+lowest forked seq, and a wallet refuses to spend from it. Anyone can check
+the proof with `verify_fraud_proof` from the two entries alone.
+
+Finality
+--------
+An entry is final once a majority of validators' latest checkpoints include
+it: their frontier for its author is at or past its seq on its branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from potluck.errors import (
+    ForgedEntry,
+    LedgerError,
+    MissingDependency,
+    ReplayedEntry,
+    SeqGap,
+    UnknownSource,
+    WrongSwarm,
+)
+from potluck.ledger.entry import TRANSFER_KINDS, ZERO_HASH, Entry, verify_batch
+from potluck.ledger.genesis import Genesis
+from potluck.ledger.rules import check_entry
+
+DEFAULT_MAX_PENDING = 20_000
+DEFAULT_MAX_PENDING_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Fork:
+    """An equivocation: `first` and `second` (first.hash < second.hash) share author and seq."""
+
+    author: str
+    seq: int
+    first: str
+    second: str
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account as the ledger sees it."""
+
+    account: str
+    balance: int
+    seq: int
+    head: str
+    frozen: bool
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """Everything replicas must agree on, for comparing them."""
+
+    entries: frozenset[str]
+    balances: dict[str, int]
+    frontier: dict[str, tuple[int, str]]
+    forks: frozenset[Fork]
+
+
+@dataclass
+class IngestReport:
+    """What one `Ledger.ingest` call did with each entry it was given."""
+
+    accepted: list[Entry] = field(default_factory=list)
+    rejected: list[tuple[Entry | None, LedgerError]] = field(default_factory=list)
+    forks: list[Fork] = field(default_factory=list)
+
+    @property
+    def missing(self) -> list[tuple[Entry | None, LedgerError]]:
+        """Rejections for a dependency not held yet: a reason to sync."""
+        return [(e, err) for e, err in self.rejected if isinstance(err, MissingDependency)]
+
+    def errors_for(self, entry_hash: str) -> list[LedgerError]:
+        return [err for e, err in self.rejected if e is not None and e.hash == entry_hash]
+
+
+class Backend(Protocol):
+    """Where the engine keeps entries. All methods run inside `transaction()`."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+    def get(self, entry_hash: str) -> Entry | None: ...
+    def hashes_at(self, author: str, seq: int) -> list[str]: ...
+    def receives_of(self, author: str, source: str) -> list[tuple[int, str]]: ...
+    def insert(self, entry: Entry) -> None: ...
+    def record_fork(self, fork: Fork) -> None: ...
+    def fork_seq(self, author: str) -> int | None: ...
+    def forks(self) -> list[Fork]: ...
+    def tips(self) -> dict[str, int]: ...
+    def latest(self, author: str, kind: str) -> Entry | None: ...
+    def incoming(self, account: str) -> list[Entry]: ...
+    def received_sources(self, account: str) -> set[str]: ...
+    def count(self, reason: str, n: int = 1) -> None: ...
+    def counters(self) -> dict[str, int]: ...
+    def all_hashes(self) -> set[str]: ...
+
+
+class Ledger:
+    """The ledger engine over a backend; see the module docstring."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        backend: Backend,
+        *,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        executor: Executor | None = None,
+    ) -> None:
+        self.genesis = genesis
+        self.swarm_id = genesis.swarm_id
+        self.validators = frozenset(genesis.validators)
+        self.backend = backend
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.executor = executor
+        self._waiting: dict[str, list[Entry]] = {}
+        self._parked: dict[str, Entry] = {}
+        self._parked_bytes = 0
+
+    # ---- ingest -----------------------------------------------------------
+
+    def ingest(self, entries: Iterable[Entry]) -> IngestReport:
+        """Validate and store a batch in one transaction; report what became of each."""
+        report = IngestReport()
+        batch: list[Entry] = []
+        seen: set[str] = set()
+        with self.backend.transaction():
+            for entry in entries:
+                if entry.swarm != self.swarm_id:
+                    why = f"entry {entry.hash[:12]} is for swarm {entry.swarm[:12]}"
+                    self._reject(report, entry, WrongSwarm(why))
+                elif entry.hash in seen or self.backend.get(entry.hash) is not None:
+                    why = f"entry {entry.hash[:12]} is already held"
+                    self._reject(report, entry, ReplayedEntry(why))
+                elif entry.hash in self._parked:
+                    continue  # parked already: applied when its dependency arrives
+                else:
+                    seen.add(entry.hash)
+                    batch.append(entry)
+            valid: list[Entry] = []
+            for entry, ok in zip(batch, verify_batch(batch, self.executor), strict=True):
+                if ok:
+                    valid.append(entry)
+                else:
+                    why = f"entry {entry.hash[:12]} is not signed by {entry.author[:12]}"
+                    self._reject(report, entry, ForgedEntry(why))
+            valid.sort(key=lambda e: e.seq)  # predecessors before successors within a batch
+            work = list(reversed(valid))
+            while work:
+                entry = work.pop()
+                if self.backend.get(entry.hash) is not None:
+                    continue
+                if self._apply(entry, report):
+                    woken = self._waiting.pop(entry.hash, [])
+                    for parked in woken:
+                        self._unpark(parked)
+                    work.extend(reversed(sorted(woken, key=lambda e: e.seq)))
+        return report
+
+    def _apply(self, entry: Entry, report: IngestReport) -> bool:
+        backend = self.backend
+        previous = backend.get(entry.prev) if entry.seq > 1 else None
+        source = None
+        already = False
+        if entry.kind == "receive":
+            assert entry.source is not None
+            source = backend.get(entry.source)
+            already = self._received_on_chain(entry)
+        try:
+            check_entry(
+                entry,
+                validators=self.validators,
+                previous=previous,
+                source=source,
+                already_received=already,
+            )
+        except SeqGap as exc:
+            self._park(entry, entry.prev, exc, report)
+            return False
+        except UnknownSource as exc:
+            assert entry.source is not None
+            self._park(entry, entry.source, exc, report)
+            return False
+        except LedgerError as exc:
+            self._reject(report, entry, exc)
+            return False
+        backend.insert(entry)
+        report.accepted.append(entry)
+        backend.count("accepted")
+        others = backend.hashes_at(entry.author, entry.seq)
+        if len(others) > 1:
+            first, second = sorted(others)[:2]
+            fork = Fork(entry.author, entry.seq, first, second)
+            backend.record_fork(fork)
+            report.forks.append(fork)
+            backend.count("forks")
+        return True
+
+    def _received_on_chain(self, entry: Entry) -> bool:
+        """Whether an ancestor of `entry` already received `entry.source`."""
+        assert entry.source is not None
+        earlier = [
+            (seq, h)
+            for seq, h in self.backend.receives_of(entry.author, entry.source)
+            if seq < entry.seq
+        ]
+        if not earlier:
+            return False
+        fork_seq = self.backend.fork_seq(entry.author)
+        if fork_seq is None or fork_seq >= entry.seq:
+            return True  # one entry per seq below this one: every earlier one is an ancestor
+        ancestors = set(self._ancestors(entry, down_to=min(seq for seq, _ in earlier)))
+        return any(h in ancestors for _, h in earlier)
+
+    def _ancestors(self, entry: Entry, *, down_to: int) -> Iterator[str]:
+        current = self.backend.get(entry.prev) if entry.seq > 1 else None
+        while current is not None and current.seq >= down_to:
+            yield current.hash
+            current = self.backend.get(current.prev) if current.seq > 1 else None
+
+    def _park(self, entry: Entry, waiting_for: str, exc: LedgerError, report: IngestReport) -> None:
+        self._reject(report, entry, exc)
+        if entry.hash in self._parked:
+            return
+        if (
+            len(self._parked) >= self.max_pending
+            or self._parked_bytes + len(entry.raw) > self.max_pending_bytes
+        ):
+            self.backend.count("pending_dropped")
+            return
+        self._parked[entry.hash] = entry
+        self._parked_bytes += len(entry.raw)
+        self._waiting.setdefault(waiting_for, []).append(entry)
+
+    def _unpark(self, entry: Entry) -> None:
+        if self._parked.pop(entry.hash, None) is not None:
+            self._parked_bytes -= len(entry.raw)
+
+    def _reject(self, report: IngestReport, entry: Entry | None, exc: LedgerError) -> None:
+        report.rejected.append((entry, exc))
+        self.backend.count(f"rejected.{exc.code}")
+
+    @property
+    def pending(self) -> int:
+        """Entries parked until what they depend on arrives."""
+        return len(self._parked)
+
+    # ---- derived state ----------------------------------------------------
+
+    def account(self, account: str) -> AccountState:
+        """Balance and head of an account; a forked account is frozen before its fork."""
+        backend = self.backend
+        top = backend.tips().get(account, 0)
+        fork_seq = backend.fork_seq(account)
+        seq = top if fork_seq is None else fork_seq - 1
+        if seq == 0:
+            return AccountState(account, 0, 0, ZERO_HASH, fork_seq is not None)
+        (head_hash,) = backend.hashes_at(account, seq)[:1]
+        head = backend.get(head_hash)
+        assert head is not None
+        return AccountState(account, head.balance, seq, head.hash, fork_seq is not None)
+
+    def frontier(self) -> dict[str, tuple[int, str]]:
+        """Every author's undisputed head: `(seq, hash)`."""
+        result = {}
+        for author in self.backend.tips():
+            state = self.account(author)
+            if state.seq:
+                result[author] = (state.seq, state.head)
+        return result
+
+    def balances(self) -> dict[str, int]:
+        return {author: self.account(author).balance for author in self.backend.tips()}
+
+    def forks(self) -> list[Fork]:
+        return self.backend.forks()
+
+    def fraud_proof(self, fork: Fork) -> tuple[Entry, Entry]:
+        first, second = self.backend.get(fork.first), self.backend.get(fork.second)
+        assert first is not None and second is not None
+        return first, second
+
+    def state(self) -> LedgerState:
+        return LedgerState(
+            entries=frozenset(self.backend.all_hashes()),
+            balances=self.balances(),
+            frontier=self.frontier(),
+            forks=frozenset(self.backend.forks()),
+        )
+
+    def counters(self) -> dict[str, int]:
+        return self.backend.counters()
+
+    def receivable(self, account: str) -> list[Entry]:
+        """Transfers to `account` that its chain has not received yet, oldest first."""
+        taken = self.backend.received_sources(account)
+        found = [e for e in self.backend.incoming(account) if e.hash not in taken]
+        return sorted(found, key=lambda e: (e.time, e.hash))
+
+    def is_final(self, entry: Entry) -> bool:
+        """Whether a majority of validators' latest checkpoints include `entry`."""
+        votes = 0
+        for validator in self.validators:
+            checkpoint = self.backend.latest(validator, "checkpoint")
+            if checkpoint is None:
+                continue
+            head = checkpoint.body["frontier"].get(entry.author)
+            if head is None or head[0] < entry.seq:
+                continue
+            current = self.backend.get(head[1])
+            while current is not None and current.seq > entry.seq:
+                current = self.backend.get(current.prev)
+            if current is not None and current.hash == entry.hash:
+                votes += 1
+        return votes >= self.genesis.majority
+
+
+class MemoryBackend:
+    """A `Backend` in dictionaries: pure, for tests, tools and the property test."""
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, Entry] = {}
+        self._at: dict[tuple[str, int], list[str]] = {}
+        self._tips: dict[str, int] = {}
+        self._receives: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        self._incoming: dict[str, list[Entry]] = {}
+        self._received: dict[str, set[str]] = {}
+        self._latest: dict[tuple[str, str], Entry] = {}
+        self._forks: dict[tuple[str, int], Fork] = {}
+        self._counters: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        yield
+
+    def get(self, entry_hash: str) -> Entry | None:
+        return self._by_hash.get(entry_hash)
+
+    def hashes_at(self, author: str, seq: int) -> list[str]:
+        return list(self._at.get((author, seq), ()))
+
+    def receives_of(self, author: str, source: str) -> list[tuple[int, str]]:
+        return list(self._receives.get((author, source), ()))
+
+    def insert(self, entry: Entry) -> None:
+        self._by_hash[entry.hash] = entry
+        self._at.setdefault((entry.author, entry.seq), []).append(entry.hash)
+        self._tips[entry.author] = max(self._tips.get(entry.author, 0), entry.seq)
+        if entry.source is not None:
+            self._receives.setdefault((entry.author, entry.source), []).append(
+                (entry.seq, entry.hash)
+            )
+            self._received.setdefault(entry.author, set()).add(entry.source)
+        if entry.kind in TRANSFER_KINDS and entry.to is not None:
+            self._incoming.setdefault(entry.to, []).append(entry)
+        key = (entry.author, entry.kind)
+        latest = self._latest.get(key)
+        if latest is None or (entry.seq, entry.hash) > (latest.seq, latest.hash):
+            self._latest[key] = entry
+
+    def record_fork(self, fork: Fork) -> None:
+        self._forks[(fork.author, fork.seq)] = fork
+
+    def fork_seq(self, author: str) -> int | None:
+        seqs = [seq for (a, seq) in self._forks if a == author]
+        return min(seqs) if seqs else None
+
+    def forks(self) -> list[Fork]:
+        return sorted(self._forks.values(), key=lambda f: (f.author, f.seq))
+
+    def tips(self) -> dict[str, int]:
+        return dict(self._tips)
+
+    def latest(self, author: str, kind: str) -> Entry | None:
+        return self._latest.get((author, kind))
+
+    def incoming(self, account: str) -> list[Entry]:
+        return list(self._incoming.get(account, ()))
+
+    def received_sources(self, account: str) -> set[str]:
+        return set(self._received.get(account, ()))
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self._counters[reason] += n
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def all_hashes(self) -> set[str]:
+        return set(self._by_hash)
