@@ -69,6 +69,23 @@ class Fork:
 
 
 @dataclass(frozen=True)
+class AuthorSummary:
+    """What a replica holds of one author: top seq, entry count, XOR of entry hashes.
+
+    Two replicas with equal summaries hold the same entries of that author
+    (up to a SHA-256 collision); sync compares these before sending entries.
+    """
+
+    top: int
+    count: int
+    digest: str
+
+
+def xor_hex(a: str, b: str) -> str:
+    return f"{int(a, 16) ^ int(b, 16):064x}"
+
+
+@dataclass(frozen=True)
 class AccountState:
     """An account as the ledger sees it."""
 
@@ -124,6 +141,8 @@ class Backend(Protocol):
     def count(self, reason: str, n: int = 1) -> None: ...
     def counters(self) -> dict[str, int]: ...
     def all_hashes(self) -> set[str]: ...
+    def summary(self) -> dict[str, AuthorSummary]: ...
+    def chain(self, author: str, after_seq: int, limit: int) -> list[Entry]: ...
 
 
 class Ledger:
@@ -360,6 +379,7 @@ class MemoryBackend:
         self._latest: dict[tuple[str, str], Entry] = {}
         self._forks: dict[tuple[str, int], Fork] = {}
         self._counters: Counter[str] = Counter()
+        self._summary: dict[str, AuthorSummary] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -385,6 +405,10 @@ class MemoryBackend:
             self._received.setdefault(entry.author, set()).add(entry.source)
         if entry.kind in TRANSFER_KINDS and entry.to is not None:
             self._incoming.setdefault(entry.to, []).append(entry)
+        old = self._summary.get(entry.author, AuthorSummary(0, 0, ZERO_HASH))
+        self._summary[entry.author] = AuthorSummary(
+            max(old.top, entry.seq), old.count + 1, xor_hex(old.digest, entry.hash)
+        )
         key = (entry.author, entry.kind)
         latest = self._latest.get(key)
         if latest is None or (entry.seq, entry.hash) > (latest.seq, latest.hash):
@@ -420,3 +444,16 @@ class MemoryBackend:
 
     def all_hashes(self) -> set[str]:
         return set(self._by_hash)
+
+    def summary(self) -> dict[str, AuthorSummary]:
+        return dict(self._summary)
+
+    def chain(self, author: str, after_seq: int, limit: int) -> list[Entry]:
+        """The author's entries with seq > after_seq, by (seq, hash), at most `limit`."""
+        found: list[Entry] = []
+        seq = after_seq + 1
+        top = self._tips.get(author, 0)
+        while seq <= top and len(found) < limit:
+            found.extend(self._by_hash[h] for h in sorted(self._at.get((author, seq), ())))
+            seq += 1
+        return found[:limit]
