@@ -260,3 +260,30 @@ def remote_error(code: str, message: str) -> RemoteError:
     """The `RemoteError` subclass for an error code received from a peer."""
     cls = _REMOTE_BY_CODE.get(code, RemoteError)
     return cls(message, code=code)
+
+
+_LEDGER_BY_CODE: dict[str, type[LedgerError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedEntry,
+        WrongSwarm,
+        ForgedEntry,
+        ReplayedEntry,
+        NotValidator,
+        WrongPrevHash,
+        WrongBalance,
+        InsufficientBalance,
+        AlreadyReceived,
+        NotReceivable,
+        SeqGap,
+        UnknownSource,
+        AccountFrozen,
+        InvalidFraudProof,
+    )
+}
+
+
+def ledger_error(code: str, message: str) -> LedgerError:
+    """The `LedgerError` subclass for a rejection code a replica sent back."""
+    cls = _LEDGER_BY_CODE.get(code, LedgerError)
+    return cls(message)

@@ -170,8 +170,13 @@ class Ledger:
 
     # ---- ingest -----------------------------------------------------------
 
-    def ingest(self, entries: Iterable[Entry]) -> IngestReport:
-        """Validate and store a batch in one transaction; report what became of each."""
+    def ingest(self, entries: Iterable[Entry], *, gossip: bool = False) -> IngestReport:
+        """Validate and store a batch in one transaction; report what became of each.
+
+        With `gossip`, an entry already held is expected (peers relay what
+        others sent too): it is skipped and counted as a duplicate, not
+        rejected as a `ReplayedEntry`.
+        """
         report = IngestReport()
         batch: list[Entry] = []
         seen: set[str] = set()
@@ -181,6 +186,9 @@ class Ledger:
                     why = f"entry {entry.hash[:12]} is for swarm {entry.swarm[:12]}"
                     self._reject(report, entry, WrongSwarm(why))
                 elif entry.hash in seen or self.backend.get(entry.hash) is not None:
+                    if gossip:
+                        self.backend.count("duplicates")
+                        continue
                     why = f"entry {entry.hash[:12]} is already held"
                     self._reject(report, entry, ReplayedEntry(why))
                 elif entry.hash in self._parked:
@@ -290,6 +298,11 @@ class Ledger:
     def _reject(self, report: IngestReport, entry: Entry | None, exc: LedgerError) -> None:
         report.rejected.append((entry, exc))
         self.backend.count(f"rejected.{exc.code}")
+
+    def note(self, reason: str, n: int = 1) -> None:
+        """Add `n` to a counter, in its own transaction."""
+        with self.backend.transaction():
+            self.backend.count(reason, n)
 
     @property
     def pending(self) -> int:

@@ -225,7 +225,7 @@ def decode_entry(
         raise MalformedEntry(f"a signature has {SIGNATURE_BYTES} bytes, not {len(signature)}")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting deeper than Python's stack
         raise MalformedEntry("entry is not JSON") from None
     if not isinstance(data, dict) or data.keys() != _ENTRY_KEYS:
         raise MalformedEntry(f"an entry has exactly the fields {sorted(_ENTRY_KEYS)}")

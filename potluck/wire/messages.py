@@ -28,6 +28,11 @@ Messages, by exchange:
     Echo(payload)                                       -> Echo(payload)
     InfoRequest()                                       -> ServerInfo(...)
     SwarmRequest()                                      -> SwarmView(servers)
+    LedgerPush(entries)                                 -> LedgerAck(accepted, rejected)
+    LedgerSync(summary, limit, addrs)                   -> LedgerSyncReply(entries, summary,
+                                                                           more, peers)
+    AccountRequest(account, history, before_seq)        -> AccountReply(account, balance, seq,
+                                                             head, frozen, receivable, history)
     any request                                         -> ErrorReply(code, message)
 
 Every message is a frozen dataclass that validates itself on construction and
@@ -56,9 +61,12 @@ __all__ = [
     "MAX_BLOCKS",
     "MAX_ECHO_ELEMENTS",
     "MAX_ERROR_MESSAGE",
+    "MAX_LEDGER_ENTRIES",
     "MAX_SERVERS",
     "MAX_SESSION_LENGTH",
     "MESSAGE_TYPES",
+    "AccountReply",
+    "AccountRequest",
     "CloseSession",
     "Echo",
     "ErrorReply",
@@ -66,6 +74,10 @@ __all__ = [
     "ForwardResult",
     "InferenceStep",
     "InfoRequest",
+    "LedgerAck",
+    "LedgerPush",
+    "LedgerSync",
+    "LedgerSyncReply",
     "Message",
     "OpenSession",
     "ServerInfo",
@@ -436,6 +448,187 @@ class ErrorReply(Message):
         return remote_error(self.code, self.message)
 
 
+# --- ledger replication -------------------------------------------------------
+
+MAX_LEDGER_ENTRIES = 20_000
+"""Most entries one ledger message carries."""
+MAX_LEDGER_AUTHORS = 200_000
+"""Most authors a ledger summary lists."""
+MAX_LEDGER_PEERS = 64
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+_MAX_ENTRY_TEXT = 1 << 20
+
+
+def _check_hex64(name: str, value: object) -> None:
+    if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
+        raise MessageError(f"{name} must be 64 lowercase hex digits, got {_show(value)}")
+
+
+def _entries_field(value: object) -> tuple[tuple[str, str], ...]:
+    """Entries as `(canonical JSON, signature hex)` pairs; the ledger decodes the JSON."""
+    if not isinstance(value, tuple) or len(value) > MAX_LEDGER_ENTRIES:
+        raise MessageError(f"entries must be a tuple of at most {MAX_LEDGER_ENTRIES} pairs")
+    out = []
+    for item in value:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise MessageError("each entry is a [json, signature] pair")
+        raw, sig = item
+        if not isinstance(raw, str) or not 2 <= len(raw) <= _MAX_ENTRY_TEXT:
+            raise MessageError("an entry's JSON must be a string of at most 1 MiB")
+        if not isinstance(sig, str) or _HEX_SIGNATURE.fullmatch(sig) is None:
+            raise MessageError("an entry's signature must be 128 lowercase hex digits")
+        out.append((raw, sig))
+    return tuple(out)
+
+
+def _peers_field(value: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(value, tuple) or len(value) > MAX_LEDGER_PEERS:
+        raise MessageError(f"peers must be a tuple of at most {MAX_LEDGER_PEERS} pairs")
+    out = []
+    for item in value:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise MessageError("each peer is a [peer_id, [addrs]] pair")
+        peer_id, addrs = item
+        _check_str("peer_id", peer_id, _MAX_PEER_ID)
+        if not isinstance(addrs, (tuple, list)) or len(addrs) > MAX_ADDRS:
+            raise MessageError(f"a peer has at most {MAX_ADDRS} addrs")
+        for addr in addrs:
+            _check_str("addrs[]", addr, _MAX_ADDR)
+        out.append((peer_id, tuple(addrs)))
+    return tuple(out)
+
+
+def _summary_field(value: object) -> tuple[tuple[str, int, int, str, str], ...]:
+    """Per author: `(author, top seq, entry count, XOR of entry hashes, a hash at top)`."""
+    if not isinstance(value, tuple) or len(value) > MAX_LEDGER_AUTHORS:
+        raise MessageError(f"summary must be a tuple of at most {MAX_LEDGER_AUTHORS} rows")
+    out = []
+    for item in value:
+        if not isinstance(item, (tuple, list)) or len(item) != 5:
+            raise MessageError("each summary row is [author, top, count, digest, head]")
+        author, top, count, digest, head = item
+        _check_hex64("author", author)
+        _check_int("top", top, 1)
+        _check_int("count", count, 1)
+        _check_hex64("digest", digest)
+        _check_hex64("head", head)
+        out.append((author, top, count, digest, head))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class LedgerPush(Message):
+    """New entries, pushed to a peer's replica (gossip) or submitted by a wallet."""
+
+    entries: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", _entries_field(self.entries))
+
+
+@dataclass(frozen=True)
+class LedgerAck(Message):
+    """What the replica did with a push: every rejection as `(hash, code, message)`.
+
+    An entry is acknowledged (durably stored) when it is not among `rejected`."""
+
+    accepted: int
+    rejected: tuple[tuple[str, str, str], ...]
+
+    def __post_init__(self) -> None:
+        _check_int("accepted", self.accepted, 0)
+        if not isinstance(self.rejected, tuple) or len(self.rejected) > MAX_LEDGER_ENTRIES:
+            raise MessageError("rejected must be a tuple of (hash, code, message)")
+        out = []
+        for item in self.rejected:
+            if not isinstance(item, (tuple, list)) or len(item) != 3:
+                raise MessageError("each rejection is [hash, code, message]")
+            entry_hash, code, message = item
+            _check_str("hash", entry_hash, 64, min_len=0)
+            if not isinstance(code, str) or _ERROR_CODE.fullmatch(code) is None:
+                raise MessageError(f"code must be 1..64 of [a-z_], got {_show(code)}")
+            _check_str("message", message, MAX_ERROR_MESSAGE, min_len=0)
+            out.append((entry_hash, code, message))
+        object.__setattr__(self, "rejected", tuple(out))
+
+
+@dataclass(frozen=True)
+class LedgerSync(Message):
+    """Anti-entropy: here is what I hold per author; send me what I lack.
+
+    `addrs` are the requester's listen addresses, so the responder can push
+    to it and pass it on to other peers."""
+
+    summary: tuple[tuple[str, int, int, str, str], ...]
+    limit: int
+    addrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "summary", _summary_field(self.summary))
+        _check_int("limit", self.limit, 1, MAX_LEDGER_ENTRIES)
+        if not isinstance(self.addrs, tuple) or len(self.addrs) > MAX_ADDRS:
+            raise MessageError(f"addrs must be a tuple of at most {MAX_ADDRS} strings")
+        for addr in self.addrs:
+            _check_str("addrs[]", addr, _MAX_ADDR)
+
+
+@dataclass(frozen=True)
+class LedgerSyncReply(Message):
+    """Entries the requester lacks (at most `limit`; `more` if there are others),
+    the responder's own summary (so the requester can push back what the
+    responder lacks) and some ledger peers the responder knows."""
+
+    entries: tuple[tuple[str, str], ...]
+    summary: tuple[tuple[str, int, int, str, str], ...]
+    more: bool
+    peers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "entries", _entries_field(self.entries))
+        object.__setattr__(self, "summary", _summary_field(self.summary))
+        if not isinstance(self.more, bool):
+            raise MessageError("more must be a boolean")
+        object.__setattr__(self, "peers", _peers_field(self.peers))
+
+
+@dataclass(frozen=True)
+class AccountRequest(Message):
+    """Ask a replica for an account's state and the transfers it can receive."""
+
+    account: str
+    history: int = 0  # also return up to this many of its latest entries
+    before_seq: int = 0  # with history: only entries below this seq (0: the latest)
+
+    def __post_init__(self) -> None:
+        _check_hex64("account", self.account)
+        _check_int("history", self.history, 0, MAX_LEDGER_ENTRIES)
+        _check_int("before_seq", self.before_seq, 0)
+
+
+@dataclass(frozen=True)
+class AccountReply(Message):
+    """An account as the replica sees it (see `potluck.ledger.core.AccountState`)."""
+
+    account: str
+    balance: int
+    seq: int
+    head: str
+    frozen: bool
+    receivable: tuple[tuple[str, str], ...]
+    history: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_hex64("account", self.account)
+        _check_int("balance", self.balance, 0)
+        _check_int("seq", self.seq, 0)
+        _check_hex64("head", self.head)
+        if not isinstance(self.frozen, bool):
+            raise MessageError("frozen must be a boolean")
+        object.__setattr__(self, "receivable", _entries_field(self.receivable))
+        object.__setattr__(self, "history", _entries_field(self.history))
+
+
 MESSAGE_TYPES: Mapping[str, type[Message]] = {
     "OpenSession": OpenSession,
     "SessionOpened": SessionOpened,
@@ -451,6 +644,12 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
     "ServerInfo": ServerInfo,
     "SwarmView": SwarmView,
     "ErrorReply": ErrorReply,
+    "LedgerPush": LedgerPush,
+    "LedgerAck": LedgerAck,
+    "LedgerSync": LedgerSync,
+    "LedgerSyncReply": LedgerSyncReply,
+    "AccountRequest": AccountRequest,
+    "AccountReply": AccountReply,
 }
 """Every message class by its wire name (the `type` in the header)."""
 

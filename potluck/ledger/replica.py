@@ -1,0 +1,476 @@
+"""A node's ledger replica on the network: push, anti-entropy sync, checkpoints.
+
+`Replica` wraps a `Ledger` (normally over `SqliteBackend`) and moves entries
+between peers over the `/potluck/ledger/1.0.0` protocol (messages in
+`potluck.wire`, spec in docs/ledger.md):
+
+- **Push.** Entries accepted locally (written by a wallet or a validator, or
+  newly learnt from a peer) are batched and pushed as `LedgerPush` to up to
+  `push_fanout` ledger peers, which push on what was new to them (flooding
+  with duplicate suppression: an entry already held is not pushed again).
+- **Sync.** On start, when a peer is first met, when a push left a gap, and
+  every `sync_interval` seconds, the replica sends its per-author summary
+  (`LedgerSync`); the peer answers with the entries we lack, page by page
+  (`potluck.ledger.sync.plan_send`), and its own summary, from which we push
+  back what it lacks. Nothing depends on a push arriving.
+- **Peers.** Ledger peers are the node's initial peers and known servers,
+  every peer that syncs with us (its `LedgerSync.addrs`), and the peers
+  others list in their replies.
+
+All SQLite work runs in `trio.to_thread` behind a one-slot limiter, so there
+is exactly one writer and handlers keep reading their streams meanwhile.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from potluck.errors import LedgerError, MalformedEntry, NetworkError, PotluckError, WireError
+from potluck.ledger.core import IngestReport, Ledger
+from potluck.ledger.entry import Entry, decode_wire
+from potluck.ledger.sync import (
+    SummaryRow,
+    missing_estimate,
+    plan_send,
+    rows_from_wire,
+    summary_rows,
+)
+from potluck.p2p.framed import FramedStream
+from potluck.p2p.host import PotluckHost
+from potluck.p2p.identity import Identity
+from potluck.wire import (
+    MAX_LEDGER_ENTRIES,
+    AccountReply,
+    AccountRequest,
+    ErrorReply,
+    LedgerAck,
+    LedgerPush,
+    LedgerSync,
+    LedgerSyncReply,
+    Message,
+    decode_message,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_LEDGER = "/potluck/ledger/1.0.0"
+MAX_RECEIVABLE = 1000
+_T = TypeVar("_T")
+
+Peer = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """Limits and intervals of a replica (the node's --ledger-* flags)."""
+
+    sync_interval: float = 10.0
+    page_size: int = 2000
+    push_fanout: int = 8
+    push_batch: int = 1000
+    push_delay: float = 0.05
+    request_timeout: float = 30.0
+    max_entry_bytes: int = 256 * 1024
+    max_sync_pages: int = 1000
+    progress: bool = False
+
+
+class Replica:
+    """A ledger replica speaking the ledger protocol; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        host: PotluckHost,
+        config: ReplicaConfig = ReplicaConfig(),
+        *,
+        peers: Callable[[], Iterable[Peer]] = lambda: (),
+    ) -> None:
+        self.ledger = ledger
+        self.host = host
+        self.config = config
+        self._peer_source = peers
+        self._learnt: dict[str, tuple[str, ...]] = {}
+        self._failures: dict[str, int] = {}
+        self._db_limiter = trio.CapacityLimiter(1)
+        self._outbox: list[tuple[Entry, str | None]] = []
+        self._outbox_ready = trio.Event()
+        self._wanted: dict[str, tuple[str, ...]] = {}
+        self._sync_wake = trio.Event()
+        self.changed = trio.Event()
+        """Set (and replaced) whenever entries were accepted: for watchers."""
+        self.stats: dict[str, int] = {"pushed": 0, "synced": 0, "sync_rounds": 0}
+
+    # ---- database ---------------------------------------------------------
+
+    async def db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run `fn(*args)` on the database thread (one at a time)."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._db_limiter)
+
+    def _ingest_relayed(self, entries: Sequence[Entry]) -> IngestReport:
+        """Ingest entries relayed by a peer: ones already held are duplicates, not replays."""
+        return self.ledger.ingest(entries, gossip=True)
+
+    def _rows(self) -> dict[str, SummaryRow]:
+        backend = self.ledger.backend
+        return summary_rows(backend.summary(), lambda a, top: min(backend.hashes_at(a, top)))
+
+    def _plan_entries(
+        self, theirs: dict[str, SummaryRow], limit: int
+    ) -> tuple[list[Entry], bool, dict[str, SummaryRow]]:
+        backend = self.ledger.backend
+        mine = self._rows()
+        entries: list[Entry] = []
+        more = False
+        for author, after in plan_send(mine, theirs, lambda h: backend.get(h) is not None):
+            room = limit - len(entries)
+            if room <= 0:
+                more = True
+                break
+            chunk = backend.chain(author, after, room + 1)
+            if len(chunk) > room:
+                more = True
+                chunk = chunk[:room]
+            entries.extend(chunk)
+        return entries, more, mine
+
+    # ---- local writes -----------------------------------------------------
+
+    async def submit(self, entries: Sequence[Entry]) -> IngestReport:
+        """Ingest entries written here (wallet, validator) and push what was accepted."""
+        report = await self.db(self.ledger.ingest, list(entries))
+        self._accepted(report, origin=None)
+        return report
+
+    def _accepted(self, report: IngestReport, origin: str | None) -> None:
+        if report.accepted:
+            self._outbox.extend((e, origin) for e in report.accepted)
+            self._outbox_ready.set()
+            self.changed.set()
+            self.changed = trio.Event()
+        if report.forks:
+            for fork in report.forks:
+                log.warning("fork: account %s signed two entries at seq %d", fork.author, fork.seq)
+
+    # ---- peers ------------------------------------------------------------
+
+    def peers(self) -> dict[str, tuple[str, ...]]:
+        found = dict(self._learnt)
+        for peer_id, addrs in self._peer_source():
+            found.setdefault(peer_id, tuple(addrs))
+        found.pop(self.host.peer_id, None)
+        return found
+
+    def _learn(self, peer_id: str, addrs: Sequence[str]) -> None:
+        if peer_id == self.host.peer_id or not addrs:
+            return
+        known = self._learnt.get(peer_id)
+        self._learnt[peer_id] = tuple(addrs)
+        if known is None:
+            self.want_sync(peer_id, tuple(addrs))
+
+    def want_sync(self, peer_id: str, addrs: tuple[str, ...]) -> None:
+        self._wanted[peer_id] = addrs
+        self._sync_wake.set()
+
+    def _failed(self, peer_id: str, exc: BaseException) -> None:
+        count = self._failures.get(peer_id, 0) + 1
+        self._failures[peer_id] = count
+        log.debug("ledger peer %s failed (%d): %s", peer_id, count, exc)
+        if count >= 5:
+            self._learnt.pop(peer_id, None)
+
+    # ---- protocol handler -------------------------------------------------
+
+    async def handle(self, stream: FramedStream) -> None:
+        """Serve one request on a ledger stream."""
+        payload = await stream.receive_bytes()
+        if payload is None:
+            return
+        try:
+            reply = await self._answer(decode_message(payload), stream.remote_peer)
+        except (WireError, LedgerError) as exc:
+            reply = ErrorReply.from_exception(exc)
+        await stream.send(reply)
+
+    async def _answer(self, msg: Message, peer: str) -> Message:
+        if isinstance(msg, LedgerPush):
+            return await self._on_push(msg, peer)
+        if isinstance(msg, LedgerSync):
+            self._learn(peer, msg.addrs)
+            theirs = rows_from_wire(msg.summary)
+            entries, more, mine = await self.db(self._plan_entries, theirs, msg.limit)
+            sample = list(self.peers().items())
+            random.shuffle(sample)
+            return LedgerSyncReply(
+                entries=tuple(tuple(e.wire()) for e in entries),  # type: ignore[misc]
+                summary=tuple(row.wire(a) for a, row in mine.items()),
+                more=more,
+                peers=tuple(sample[:16]),
+            )
+        if isinstance(msg, AccountRequest):
+            return await self.db(self.account_reply, msg)
+        raise MalformedEntry(f"{type(msg).__name__} is not a request on {PROTOCOL_LEDGER}")
+
+    async def _on_push(self, msg: LedgerPush, peer: str) -> LedgerAck:
+        entries: list[Entry] = []
+        rejected: list[tuple[str, str, str]] = []
+        for item in msg.entries:
+            try:
+                entries.append(decode_wire(item, max_bytes=self.config.max_entry_bytes))
+            except MalformedEntry as exc:
+                rejected.append(("", exc.code, str(exc)))
+        if rejected:
+            await self.db(self.ledger.note, "rejected.malformed_entry", len(rejected))
+        report = await self.db(self._ingest_relayed, entries)
+        self._accepted(report, origin=peer)
+        if report.missing:
+            addrs = self.peers().get(peer)
+            if addrs:
+                self.want_sync(peer, addrs)
+        for entry, error in report.rejected:
+            rejected.append(("" if entry is None else entry.hash, error.code, str(error)))
+        return LedgerAck(
+            accepted=len(report.accepted), rejected=tuple(rejected[:MAX_LEDGER_ENTRIES])
+        )
+
+    def account_reply(self, msg: AccountRequest) -> AccountReply:
+        state = self.ledger.account(msg.account)
+        receivable = self.ledger.receivable(msg.account)[:MAX_RECEIVABLE]
+        history: list[Entry] = []
+        if msg.history:
+            top = self.ledger.backend.tips().get(msg.account, 0)
+            below = min(msg.before_seq - 1, top) if msg.before_seq else top
+            after = max(0, below - msg.history)
+            history = [e for e in self.ledger.backend.chain(msg.account, after, 4 * msg.history)]
+            history = sorted((e for e in history if e.seq <= below), key=lambda e: -e.seq)
+            history = history[: msg.history]
+        return AccountReply(
+            account=msg.account,
+            balance=state.balance,
+            seq=state.seq,
+            head=state.head,
+            frozen=state.frozen,
+            receivable=tuple(tuple(e.wire()) for e in receivable),  # type: ignore[misc]
+            history=tuple(tuple(e.wire()) for e in history),  # type: ignore[misc]
+        )
+
+    # ---- outgoing ---------------------------------------------------------
+
+    async def _request(self, peer_id: str, addrs: Sequence[str], msg: Message) -> Message:
+        with trio.fail_after(self.config.request_timeout):
+            reply = await self.host.request(peer_id, PROTOCOL_LEDGER, msg, addrs=addrs)
+        if isinstance(reply, ErrorReply):
+            raise reply.to_exception()
+        return reply
+
+    async def push_loop(self) -> None:
+        """Send batches of newly accepted entries to up to `push_fanout` peers."""
+        while True:
+            await self._outbox_ready.wait()
+            await trio.sleep(self.config.push_delay)  # let a burst gather into one batch
+            batch, self._outbox = (
+                self._outbox[: self.config.push_batch],
+                self._outbox[self.config.push_batch :],
+            )
+            if not self._outbox:
+                self._outbox_ready = trio.Event()
+            peers = list(self.peers().items())
+            random.shuffle(peers)
+            async with trio.open_nursery() as nursery:
+                for peer_id, addrs in peers[: self.config.push_fanout]:
+                    entries = [e for e, origin in batch if origin != peer_id]
+                    if entries:
+                        nursery.start_soon(self._push_to, peer_id, addrs, entries)
+
+    async def _push_to(self, peer_id: str, addrs: tuple[str, ...], entries: list[Entry]) -> None:
+        try:
+            reply = await self._request(
+                peer_id,
+                addrs,
+                LedgerPush(tuple(tuple(e.wire()) for e in entries)),  # type: ignore[misc]
+            )
+        except (PotluckError, trio.TooSlowError) as exc:
+            self._failed(peer_id, exc)
+            return
+        self._failures.pop(peer_id, None)
+        self.stats["pushed"] += len(entries)
+        if isinstance(reply, LedgerAck) and any(
+            code in ("seq_gap", "unknown_source") for _, code, _ in reply.rejected
+        ):
+            self.want_sync(peer_id, addrs)  # it lacks history: let sync fill it in
+
+    async def sync_with(self, peer_id: str, addrs: tuple[str, ...]) -> int:
+        """Pull what `peer_id` has and we lack, then push what it lacks. Returns entries gained."""
+        gained = 0
+        theirs: dict[str, SummaryRow] = {}
+        progress = None
+        try:
+            for page in range(self.config.max_sync_pages):
+                mine = await self.db(self._rows)
+                request = LedgerSync(
+                    summary=tuple(row.wire(a) for a, row in mine.items()),
+                    limit=self.config.page_size,
+                    addrs=tuple(self.host.addrs),
+                )
+                reply = await self._request(peer_id, addrs, request)
+                if not isinstance(reply, LedgerSyncReply):
+                    raise NetworkError(f"{peer_id} answered a sync with {type(reply).__name__}")
+                theirs = rows_from_wire(reply.summary)
+                for other, other_addrs in reply.peers:
+                    if other not in self._learnt and other != self.host.peer_id:
+                        self._learn(other, other_addrs)
+                if page == 0:
+                    total = missing_estimate(mine, theirs)
+                    if self.config.progress and total >= 1000 and sys.stderr.isatty():
+                        progress = _SyncProgress(peer_id, total)
+                entries = [
+                    decode_wire(item, max_bytes=self.config.max_entry_bytes)
+                    for item in reply.entries
+                ]
+                report = await self.db(self._ingest_relayed, entries)
+                self._accepted(report, origin=peer_id)
+                gained += len(report.accepted)
+                if progress is not None:
+                    progress.advance(len(report.accepted))
+                if not reply.more or not report.accepted:
+                    break
+            await self._push_back(peer_id, addrs, theirs)
+        except (PotluckError, trio.TooSlowError) as exc:
+            self._failed(peer_id, exc)
+            return gained
+        finally:
+            if progress is not None:
+                progress.close()
+        self._failures.pop(peer_id, None)
+        self.stats["synced"] += gained
+        self.stats["sync_rounds"] += 1
+        if gained:
+            log.info("synced %d entries from %s", gained, peer_id)
+        return gained
+
+    async def _push_back(
+        self, peer_id: str, addrs: tuple[str, ...], theirs: dict[str, SummaryRow]
+    ) -> None:
+        for _ in range(self.config.max_sync_pages):
+            entries, more, _ = await self.db(self._plan_entries, theirs, self.config.page_size)
+            if not entries:
+                return
+            reply = await self._request(
+                peer_id,
+                addrs,
+                LedgerPush(tuple(tuple(e.wire()) for e in entries)),  # type: ignore[misc]
+            )
+            if not more or not isinstance(reply, LedgerAck) or reply.accepted == 0:
+                return
+            # the peer took a page; what it lacks now is what is left
+            sent = {e.hash for e in entries}
+            theirs = _after_push(theirs, entries, sent)
+
+    async def sync_loop(self) -> None:
+        """Sync with peers that want it at once, and with a few random peers every interval."""
+        while True:
+            with trio.move_on_after(self.config.sync_interval):
+                await self._sync_wake.wait()
+            self._sync_wake = trio.Event()
+            targets = dict(self._wanted)
+            self._wanted.clear()
+            peers = list(self.peers().items())
+            random.shuffle(peers)
+            for peer_id, addrs in peers[:3]:
+                targets.setdefault(peer_id, addrs)
+            async with trio.open_nursery() as nursery:
+                for peer_id, addrs in targets.items():
+                    nursery.start_soon(self.sync_with, peer_id, addrs)
+
+    async def sync_all(self) -> int:
+        """Sync once with every known peer (at start: catch up before serving)."""
+        gained = 0
+
+        async def one(peer_id: str, addrs: tuple[str, ...]) -> None:
+            nonlocal gained
+            gained += await self.sync_with(peer_id, addrs)
+
+        async with trio.open_nursery() as nursery:
+            for peer_id, addrs in self.peers().items():
+                nursery.start_soon(one, peer_id, addrs)
+        return gained
+
+    async def checkpoint_loop(self, validator: Identity, interval: float) -> None:
+        """As a validator: sign a checkpoint of the frontier whenever it changed."""
+        from potluck.ledger.wallet import author_entry
+
+        account = validator.public_bytes.hex()
+        last: dict[str, tuple[int, str]] | None = None
+        while True:
+            await trio.sleep(interval)
+            frontier = await self.db(self.ledger.frontier)
+            frontier.pop(account, None)
+            if not frontier or frontier == last:
+                continue
+            state = await self.db(self.ledger.account, account)
+            entry = author_entry(
+                validator,
+                self.ledger.swarm_id,
+                state,
+                "checkpoint",
+                {"frontier": {a: [seq, h] for a, (seq, h) in sorted(frontier.items())}},
+                now_ms=int(time.time() * 1000),
+            )
+            report = await self.submit([entry])
+            if report.accepted:
+                last = frontier
+            else:
+                log.warning("checkpoint refused: %s", report.rejected[0][1])
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Catch up with the known peers, then push and sync until cancelled."""
+        await self.sync_all()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.push_loop)
+            nursery.start_soon(self.sync_loop)
+            task_status.started()
+
+
+def _after_push(
+    theirs: dict[str, SummaryRow], entries: list[Entry], sent: set[str]
+) -> dict[str, SummaryRow]:
+    """The peer's rows as if it had stored `entries` (for the next push-back page)."""
+    from potluck.ledger.core import xor_hex
+
+    rows = dict(theirs)
+    for entry in entries:
+        row = rows.get(entry.author, SummaryRow(0, 0, "0" * 64, "0" * 64))
+        rows[entry.author] = SummaryRow(
+            max(row.top, entry.seq),
+            row.count + 1,
+            xor_hex(row.digest, entry.hash),
+            entry.hash if entry.seq >= row.top else row.head,
+        )
+    return rows
+
+
+class _SyncProgress:
+    """A rich progress bar on stderr for a long catch-up."""
+
+    def __init__(self, peer_id: str, total: int) -> None:
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task(f"ledger sync from {peer_id[-8:]}", total=total)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()
