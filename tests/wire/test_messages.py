@@ -29,6 +29,8 @@ from potluck.wire import (
     MAX_SERVERS,
     MAX_SESSION_LENGTH,
     MESSAGE_TYPES,
+    AccountReply,
+    AccountRequest,
     CloseSession,
     Echo,
     ErrorReply,
@@ -37,6 +39,10 @@ from potluck.wire import (
     FrameDecoder,
     InferenceStep,
     InfoRequest,
+    LedgerAck,
+    LedgerPush,
+    LedgerSync,
+    LedgerSyncReply,
     Message,
     OpenSession,
     ServerInfo,
@@ -107,6 +113,25 @@ def forwards(draw: st.DrawFn) -> Forward:
     return Forward(start, end, draw(hidden_states()))
 
 
+hex64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+wire_entries = st.lists(
+    st.tuples(
+        st.text(min_size=2, max_size=40),
+        st.from_regex(r"[0-9a-f]{128}", fullmatch=True),
+    ),
+    max_size=3,
+).map(tuple)
+summaries = st.lists(
+    st.tuples(hex64, st.integers(1, 10**6), st.integers(1, 10**6), hex64, hex64), max_size=3
+).map(tuple)
+ledger_peers = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=20),
+        st.lists(st.text(min_size=1, max_size=30), max_size=2).map(tuple),
+    ),
+    max_size=3,
+).map(tuple)
+
 MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     OpenSession: span_messages(OpenSession),
     SessionOpened: span_messages(SessionOpened),
@@ -125,6 +150,35 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         ErrorReply,
         st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
         st.text(max_size=300),
+    ),
+    LedgerPush: st.builds(LedgerPush, wire_entries),
+    LedgerAck: st.builds(
+        LedgerAck,
+        st.integers(0, 10**6),
+        st.lists(
+            st.tuples(hex64, st.from_regex(r"[a-z_]{1,64}", fullmatch=True), st.text(max_size=40)),
+            max_size=3,
+        ).map(tuple),
+    ),
+    LedgerSync: st.builds(
+        LedgerSync,
+        summaries,
+        st.integers(1, 20000),
+        st.lists(st.text(min_size=1, max_size=30), max_size=2).map(tuple),
+    ),
+    LedgerSyncReply: st.builds(
+        LedgerSyncReply, wire_entries, summaries, st.booleans(), ledger_peers
+    ),
+    AccountRequest: st.builds(AccountRequest, hex64, st.integers(0, 20000), st.integers(0, 10**9)),
+    AccountReply: st.builds(
+        AccountReply,
+        hex64,
+        st.integers(0, 2**53),
+        st.integers(0, 10**9),
+        hex64,
+        st.booleans(),
+        wire_entries,
+        wire_entries,
     ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
