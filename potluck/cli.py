@@ -6,16 +6,18 @@ readable line and exits with status 2; it never shows a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from potluck.errors import PotluckError
+from potluck.errors import ConfigError, PotluckError
 from potluck.node.config import NodeConfig
 
 app = typer.Typer(
@@ -26,8 +28,16 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Run a node of the swarm.", no_args_is_help=True)
 model_app = typer.Typer(help="Prepare and inspect models.", no_args_is_help=True)
+swarm_app = typer.Typer(
+    help="Create a swarm: its genesis and validator keys.", no_args_is_help=True
+)
+wallet_app = typer.Typer(help="Your points: balance, history, send, receive.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Inspect a node's ledger replica.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 app.add_typer(model_app, name="model")
+app.add_typer(swarm_app, name="swarm")
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(ledger_app, name="ledger")
 
 console = Console(stderr=True)
 _HELP = NodeConfig.help_texts()
@@ -81,6 +91,19 @@ def node_start(
     compute_delay: Annotated[
         float, typer.Option(help=_HELP["compute_delay"])
     ] = _DEFAULT.compute_delay,
+    genesis: Annotated[Path | None, typer.Option(help=_HELP["genesis"])] = None,
+    validator: Annotated[bool, typer.Option(help=_HELP["validator"])] = _DEFAULT.validator,
+    validator_key: Annotated[Path | None, typer.Option(help=_HELP["validator_key"])] = None,
+    ledger_sync_interval: Annotated[
+        float, typer.Option(help=_HELP["ledger_sync_interval"])
+    ] = _DEFAULT.ledger_sync_interval,
+    ledger_page: Annotated[int, typer.Option(help=_HELP["ledger_page"])] = _DEFAULT.ledger_page,
+    ledger_max_pending: Annotated[
+        int, typer.Option(help=_HELP["ledger_max_pending"])
+    ] = _DEFAULT.ledger_max_pending,
+    checkpoint_interval: Annotated[
+        float, typer.Option(help=_HELP["checkpoint_interval"])
+    ] = _DEFAULT.checkpoint_interval,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -116,6 +139,13 @@ def node_start(
         announce_ttl=announce_ttl,
         compute_threads=compute_threads,
         compute_delay=compute_delay,
+        genesis=genesis,
+        validator=validator,
+        validator_key=validator_key,
+        ledger_sync_interval=ledger_sync_interval,
+        ledger_page=ledger_page,
+        ledger_max_pending=ledger_max_pending,
+        checkpoint_interval=checkpoint_interval,
     )
 
     def ready(server: object) -> None:
@@ -126,6 +156,8 @@ def node_start(
         what = "bootstrap peer" if span is None else f"blocks {span.start}:{span.end}"
         for addr in server.host.addrs:
             print(f"potluck node listening on {addr}", flush=True)
+        if server.replica is not None:
+            print(f"ledger account {server.host.identity.public_bytes.hex()}", flush=True)
         print(f"ready: serving {what}; Ctrl-C stops", flush=True)
 
     run_node(config, on_ready=ready)
@@ -173,6 +205,277 @@ def demo(
     run_demo(
         keep_running=keep_running, prompt=prompt, max_new_tokens=max_new_tokens, workdir=workdir
     )
+
+
+@swarm_app.command("init")
+def swarm_init(
+    name: Annotated[str, typer.Option(help="The swarm's name.")],
+    model: Annotated[str, typer.Option(help="Model the swarm runs: smollm2 or a folder.")],
+    validators: Annotated[int, typer.Option(help="How many validator keys to create.")] = 1,
+    out: Annotated[Path, typer.Option(help="Folder for genesis.json and the keys.")] = Path(
+        "swarm"
+    ),
+    grant_amount: Annotated[int, typer.Option(help="Points a validator grants.")] = 1000,
+    checkpoint_seconds: Annotated[
+        int, typer.Option(help="Seconds between a validator's checkpoints.")
+    ] = 30,
+) -> None:
+    """Write a genesis file and validator keys; swarm_id is the genesis's hash.
+
+    Example: potluck swarm init --name demo --model smollm2 --validators 3 --out swarm
+    """
+    from potluck.ledger.genesis import Economy, init_swarm
+    from potluck.model.checkpoint import model_identity
+    from potluck.model.registry import resolve_model
+
+    path = resolve_model(model)
+    genesis, keys = init_swarm(
+        out,
+        name=name,
+        model_name=model,
+        model_identity=model_identity(path),
+        validators=validators,
+        economy=Economy(grant_amount=grant_amount, checkpoint_seconds=checkpoint_seconds),
+    )
+    print(f"swarm {genesis.name}: id {genesis.swarm_id}")
+    print(f"genesis: {out / 'genesis.json'}")
+    for key, account in zip(keys, genesis.validators, strict=True):
+        print(f"validator key {key} (account {account})")
+
+
+_GENESIS_OPT = typer.Option(help="The swarm's genesis.json.")
+_PEER_OPT = typer.Option(help="Address of a node to read and write through (/ip4/.../p2p/...).")
+_KEY_OPT = typer.Option(help="Account key file (default: DATA_DIR/identity.key).")
+_DATA_OPT = typer.Option(help="Data directory holding the account key (and wallet.json).")
+
+
+def _wallet_key(key: Path | None, data_dir: Path) -> object:
+    from potluck.ledger.genesis import load_key
+    from potluck.p2p.identity import KEY_FILE, load_or_create_identity
+
+    if key is not None:
+        return load_key(key)
+    if not (data_dir / KEY_FILE).exists():
+        raise ConfigError(f"no account key in {data_dir}; give --key or --data-dir")
+    return load_or_create_identity(data_dir)
+
+
+def _run_wallet(
+    genesis: Path, peer: str, key: Path | None, data_dir: Path, action: Callable[[Any], Any]
+) -> Any:
+    import trio
+
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.tools import open_wallet
+    from potluck.p2p.identity import Identity
+
+    identity = _wallet_key(key, data_dir)
+    assert isinstance(identity, Identity)
+    swarm = Genesis.load(genesis)
+    state_file = data_dir / "wallet.json" if data_dir.is_dir() else None
+
+    async def main() -> Any:
+        async with open_wallet(identity, swarm, peer, state_file=state_file) as wallet:
+            return await action(wallet)
+
+    return trio.run(main)
+
+
+@wallet_app.command("balance")
+def wallet_balance(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path | None, _KEY_OPT] = None,
+    data_dir: Annotated[Path, _DATA_OPT] = _DEFAULT.data_dir,
+) -> None:
+    """Print the account's balance, and what it can receive.
+
+    Example: potluck wallet balance --genesis swarm/genesis.json
+    --peer /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
+    """
+
+    async def action(wallet: Any) -> None:
+        view = await wallet.access.account(wallet.account)
+        frozen = " (FROZEN: this account forked its chain)" if view.state.frozen else ""
+        print(f"account {wallet.account}")
+        print(f"balance {view.state.balance}{frozen}")
+        pending = sum(e.amount for e in view.receivable)
+        print(f"receivable {pending} in {len(view.receivable)} transfers")
+
+    _run_wallet(genesis, peer, key, data_dir, action)
+
+
+@wallet_app.command("history")
+def wallet_history(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path | None, _KEY_OPT] = None,
+    data_dir: Annotated[Path, _DATA_OPT] = _DEFAULT.data_dir,
+    limit: Annotated[int, typer.Option(help="How many entries, newest first.")] = 20,
+) -> None:
+    """Print the account's latest entries, newest first.
+
+    Example: potluck wallet history --genesis swarm/genesis.json --peer /ip4/.../p2p/... --limit 5
+    """
+
+    async def action(wallet: Any) -> None:
+        for entry in await wallet.history(limit):
+            detail = json.dumps(dict(entry.body), sort_keys=True)
+            print(f"#{entry.seq} {entry.kind:<10} balance {entry.balance:<8} {detail}")
+
+    _run_wallet(genesis, peer, key, data_dir, action)
+
+
+@wallet_app.command("send")
+def wallet_send(
+    to: Annotated[str, typer.Option(help="Account to pay: hex key or peer ID.")],
+    amount: Annotated[int, typer.Option(help="Points to send.")],
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path | None, _KEY_OPT] = None,
+    data_dir: Annotated[Path, _DATA_OPT] = _DEFAULT.data_dir,
+    memo: Annotated[str, typer.Option(help="A note for the receiver.")] = "",
+) -> None:
+    """Sign a send and store it through the node; prints the entry's hash.
+
+    Example: potluck wallet send --to 12D3KooW... --amount 25
+    --genesis swarm/genesis.json --peer /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
+    """
+    from potluck.ledger.tools import account_of
+
+    target = account_of(to)
+
+    async def action(wallet: Any) -> None:
+        entry = await wallet.send(target, amount, memo)
+        print(f"sent {amount} to {target}: entry {entry.hash} (seq {entry.seq})")
+        print(f"balance {entry.balance}")
+
+    _run_wallet(genesis, peer, key, data_dir, action)
+
+
+@wallet_app.command("receive")
+def wallet_receive(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path | None, _KEY_OPT] = None,
+    data_dir: Annotated[Path, _DATA_OPT] = _DEFAULT.data_dir,
+) -> None:
+    """Receive every transfer sent to this account.
+
+    Example: potluck wallet receive --genesis swarm/genesis.json --peer /ip4/.../p2p/...
+    """
+
+    async def action(wallet: Any) -> None:
+        received = await wallet.receive()
+        for entry in received:
+            print(f"received: entry {entry.hash} (seq {entry.seq}), balance {entry.balance}")
+        if not received:
+            print("nothing to receive")
+
+    _run_wallet(genesis, peer, key, data_dir, action)
+
+
+@wallet_app.command("grant")
+def wallet_grant(
+    to: Annotated[str, typer.Option(help="Account to grant to: hex key or peer ID.")],
+    amount: Annotated[int, typer.Option(help="Points to grant.")],
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path, typer.Option(help="Validator key file (validator-N.key).")],
+) -> None:
+    """As a validator, grant new points to an account (it then runs `wallet receive`).
+
+    Example: potluck wallet grant --to 12D3KooW... --amount 1000 --key swarm/validator-1.key ...
+    """
+    from potluck.ledger.tools import account_of
+
+    target = account_of(to)
+
+    async def action(wallet: Any) -> None:
+        entry = await wallet.grant(target, amount)
+        print(f"granted {amount} to {target}: entry {entry.hash}")
+
+    _run_wallet(genesis, peer, key, Path("/nonexistent"), action)
+
+
+@ledger_app.command("status")
+def ledger_status(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    data_dir: Annotated[Path, typer.Option(help="The node's data directory.")] = _DEFAULT.data_dir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Entries, accounts, forks, counters and the frontier digest of a replica.
+
+    Two replicas hold the same ledger when their frontier digests are equal.
+    Example: potluck ledger status --genesis swarm/genesis.json --data-dir .potluck
+    """
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.tools import status
+
+    info = status(data_dir, Genesis.load(genesis))
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    for name in ("swarm", "swarm_id", "entries", "accounts", "final_heads", "frontier_digest"):
+        print(f"{name:<16} {info[name]}")
+    print(f"{'forks':<16} {len(info['forks'])}")
+    for fork in info["forks"]:
+        print(f"  account {fork['account']} equivocated at seq {fork['seq']}")
+    print(f"{'integrity':<16} {info['integrity_check']}")
+    for name, value in sorted(info["counters"].items()):
+        print(f"  {name:<30} {value}")
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    data_dir: Annotated[Path, typer.Option(help="The node's data directory.")] = _DEFAULT.data_dir,
+) -> None:
+    """Re-check every entry's bytes and signature and rebuild the state from scratch.
+
+    Exits 1 if anything is wrong. Example: potluck ledger verify --genesis swarm/genesis.json
+    """
+    from rich.progress import Progress
+
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.tools import verify
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("verifying entries", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        report = verify(data_dir, Genesis.load(genesis), advance=advance)
+    print(f"entries {report.entries}, fraud proofs re-verified {report.forks_checked}")
+    print(f"integrity {report.integrity}")
+    for problem in report.bad[:50]:
+        print(f"BAD {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+    print("ok")
+
+
+@ledger_app.command("export")
+def ledger_export(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    data_dir: Annotated[Path, typer.Option(help="The node's data directory.")] = _DEFAULT.data_dir,
+    out: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+) -> None:
+    """Write every entry as JSON lines: [canonical entry JSON, signature hex].
+
+    Example: potluck ledger export --genesis swarm/genesis.json --out ledger.jsonl
+    """
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.tools import export
+
+    swarm = Genesis.load(genesis)
+    if out is None:
+        count = export(data_dir, swarm, sys.stdout)
+    else:
+        with out.open("w") as handle:
+            count = export(data_dir, swarm, handle)
+    console.print(f"exported {count} entries")
 
 
 def _first_user_error(exc: BaseException) -> PotluckError | None:

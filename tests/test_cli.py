@@ -32,7 +32,20 @@ LEAVES = [path for path, command in TREE.items() if not hasattr(command, "comman
 
 
 def test_the_tree_holds_the_documented_commands() -> None:
-    assert set(LEAVES) == {("demo",), ("node", "start"), ("model", "prepare")}
+    assert set(LEAVES) == {
+        ("demo",),
+        ("node", "start"),
+        ("model", "prepare"),
+        ("swarm", "init"),
+        ("wallet", "balance"),
+        ("wallet", "history"),
+        ("wallet", "send"),
+        ("wallet", "receive"),
+        ("wallet", "grant"),
+        ("ledger", "status"),
+        ("ledger", "verify"),
+        ("ledger", "export"),
+    }
 
 
 @pytest.mark.parametrize("path", list(TREE), ids=lambda p: " ".join(p) or "potluck")
@@ -58,7 +71,7 @@ def test_help_runs_for_every_command(path: tuple[str, ...]) -> None:
 def test_potluck_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"], prog_name="potluck")
     assert result.exit_code == 0
-    for name in ("node", "model", "demo"):
+    for name in ("node", "model", "demo", "swarm", "wallet", "ledger"):
         assert name in result.output
 
 

@@ -165,7 +165,7 @@ class Ledger:
         self.max_pending_bytes = max_pending_bytes
         self.executor = executor
         self._waiting: dict[str, list[Entry]] = {}
-        self._parked: dict[str, Entry] = {}
+        self._parked: dict[str, tuple[Entry, LedgerError]] = {}
         self._parked_bytes = 0
 
     # ---- ingest -----------------------------------------------------------
@@ -192,7 +192,8 @@ class Ledger:
                     why = f"entry {entry.hash[:12]} is already held"
                     self._reject(report, entry, ReplayedEntry(why))
                 elif entry.hash in self._parked:
-                    continue  # parked already: applied when its dependency arrives
+                    # parked already: still missing what it needs, applied when that arrives
+                    self._reject(report, entry, self._parked[entry.hash][1])
                 else:
                     seen.add(entry.hash)
                     batch.append(entry)
@@ -203,8 +204,7 @@ class Ledger:
                 else:
                     why = f"entry {entry.hash[:12]} is not signed by {entry.author[:12]}"
                     self._reject(report, entry, ForgedEntry(why))
-            valid.sort(key=lambda e: e.seq)  # predecessors before successors within a batch
-            work = list(reversed(valid))
+            work = list(reversed(_dependency_order(valid)))
             while work:
                 entry = work.pop()
                 if self.backend.get(entry.hash) is not None:
@@ -287,7 +287,7 @@ class Ledger:
         ):
             self.backend.count("pending_dropped")
             return
-        self._parked[entry.hash] = entry
+        self._parked[entry.hash] = (entry, exc)
         self._parked_bytes += len(entry.raw)
         self._waiting.setdefault(waiting_for, []).append(entry)
 
@@ -377,6 +377,32 @@ class Ledger:
             if current is not None and current.hash == entry.hash:
                 votes += 1
         return votes >= self.genesis.majority
+
+
+def _dependency_order(entries: list[Entry]) -> list[Entry]:
+    """`entries` ordered so that each comes after the batch's entries it names
+    (its predecessor, the source it receives): a batch that holds what it
+    needs never waits, whatever order it came in."""
+    in_batch = {e.hash for e in entries}
+    children: dict[str, list[Entry]] = {}
+    waiting: dict[str, int] = {}
+    ready: list[Entry] = []
+    for entry in sorted(entries, key=lambda e: e.seq, reverse=True):
+        needs = [h for h in (entry.prev, entry.source) if h is not None and h in in_batch]
+        for need in needs:
+            children.setdefault(need, []).append(entry)
+        waiting[entry.hash] = len(needs)
+        if not needs:
+            ready.append(entry)
+    order: list[Entry] = []
+    while ready:
+        entry = ready.pop()
+        order.append(entry)
+        for child in children.pop(entry.hash, ()):
+            waiting[child.hash] -= 1
+            if waiting[child.hash] == 0:
+                ready.append(child)
+    return order
 
 
 class MemoryBackend:

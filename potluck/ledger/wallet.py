@@ -12,10 +12,16 @@ async with open_host(identity) as host:
 ```
 
 An entry is acknowledged once the replica stored it durably (its ingest
-transaction committed). A replica that is behind our own chain could make us
-sign a second entry at a seq we already used (a fork, which freezes the
-account), so a wallet with a `state_file` remembers the last seq it wrote
-and refuses to write through a replica that has not caught up with it.
+transaction committed). Signing two different entries at one seq is a fork
+and freezes the account, so the wallet is careful about it:
+
+- it remembers its own latest entries (`remember`), so it can write through
+  a replica that has not seen them yet: it writes after its own head and
+  sends the replica the entries it lacks together with the new one;
+- an entry whose acknowledgement was lost (the replica died mid-request) is
+  submitted again, unchanged, before anything new is signed;
+- with a `state_file` it records the last seq it wrote, so that a new
+  wallet process refuses a replica that is behind that seq.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from potluck.errors import (
     AccountFrozen,
     InsufficientBalance,
     LedgerError,
+    MissingDependency,
     NetworkError,
     NotValidator,
     ledger_error,
@@ -52,6 +59,13 @@ class AccountView:
     state: AccountState
     receivable: list[Entry]
     history: list[Entry]
+
+
+@dataclass(frozen=True)
+class _WriteView:
+    state: AccountState  # what to write after
+    receivable: list[Entry]
+    replica_seq: int  # how far the replica has our chain
 
 
 class ReplicaAccess(Protocol):
@@ -116,6 +130,7 @@ class Wallet:
         validators: Sequence[str] = (),
         state_file: Path | None = None,
         clock: Callable[[], float] = time.time,
+        remember: int = 1000,
     ) -> None:
         self.identity = identity
         self.account = identity.public_bytes.hex()
@@ -124,8 +139,12 @@ class Wallet:
         self.validators = frozenset(validators)
         self.state_file = state_file
         self.clock = clock
+        self.remember = remember
         self._lock = trio.Lock()
         self._written = self._load_written()
+        self._state: AccountState | None = None
+        self._chain: list[Entry] = []
+        self._unacked: Entry | None = None
 
     # ---- reading ----------------------------------------------------------
 
@@ -185,7 +204,12 @@ class Wallet:
         async with self._lock:
             view = await self._fresh_view()
             state = view.state
-            for source in view.receivable[:limit]:
+            taken = {e.source for e in self._chain if e.seq > view.replica_seq}
+            for source in view.receivable:
+                if len(done) >= limit:
+                    break
+                if source.hash in taken:
+                    continue  # received in an entry this replica has not seen yet
                 entry = author_entry(
                     self.identity,
                     self.swarm_id,
@@ -195,9 +219,9 @@ class Wallet:
                     now_ms=self._now(),
                     source=source,
                 )
-                await self._store(entry)
+                await self._store(entry, view.replica_seq)
                 done.append(entry)
-                state = AccountState(self.account, entry.balance, entry.seq, entry.hash, False)
+                state = self._state_after(entry)
         return done
 
     async def _write(self, kind: str, body: Mapping[str, Any]) -> Entry:
@@ -206,27 +230,58 @@ class Wallet:
             entry = author_entry(
                 self.identity, self.swarm_id, view.state, kind, body, now_ms=self._now()
             )
-            await self._store(entry)
+            await self._store(entry, view.replica_seq)
             return entry
 
-    async def _fresh_view(self) -> AccountView:
+    async def _fresh_view(self) -> _WriteView:
+        """The state to write after, first finishing an entry whose acknowledgement was lost."""
+        if self._unacked is not None:
+            entry = self._unacked
+            view = await self.access.account(self.account)
+            await self._store(entry, view.state.seq)
         view = await self.access.account(self.account)
+        own = self._state
+        if own is not None and view.state.seq < own.seq:
+            # the replica has not seen our latest entries: write after ours, and send it
+            # the missing ones along with the new one (they are in `_chain`)
+            if not self._chain or self._chain[0].seq > view.state.seq + 1:
+                raise NetworkError(
+                    f"the replica is behind this account: it has seq {view.state.seq}, "
+                    f"but this wallet already wrote seq {own.seq}; wait for it to sync "
+                    "or use another peer"
+                )
+            return _WriteView(own, view.receivable, view.state.seq)
         written = self._written
-        if written is not None and view.state.seq < written[0]:
+        if own is None and written is not None and view.state.seq < written[0]:
             raise NetworkError(
                 f"the replica is behind this account: it has seq {view.state.seq}, "
                 f"but this wallet already wrote seq {written[0]}; wait for it to sync "
                 "or use another peer"
             )
-        return view
+        return _WriteView(view.state, view.receivable, view.state.seq)
 
-    async def _store(self, entry: Entry) -> None:
-        rejected = await self.access.submit([entry])
+    async def _store(self, entry: Entry, replica_seq: int) -> None:
+        """Submit `entry` with any of our entries the replica lacks; return once stored."""
+        missing = [e for e in self._chain if replica_seq < e.seq < entry.seq]
+        self._unacked = entry
+        rejected = await self.access.submit([*missing, entry])
         for entry_hash, code, message in rejected:
-            if entry_hash in (entry.hash, "") and code != "replayed":
-                raise ledger_error(code, message)
+            if code != "replayed" and entry_hash in (entry.hash, ""):
+                error = ledger_error(code, message)
+                if not isinstance(error, MissingDependency):
+                    self._unacked = None  # refused for good: never resubmit it
+                # else the replica holds it back until what it needs arrives, and may
+                # store it then: it stays unacknowledged and is submitted again, unchanged
+                raise error
+        self._unacked = None
         self._written = (entry.seq, entry.hash)
+        self._state = self._state_after(entry)
+        self._chain.append(entry)
+        del self._chain[: -self.remember]
         self._save_written()
+
+    def _state_after(self, entry: Entry) -> AccountState:
+        return AccountState(self.account, entry.balance, entry.seq, entry.hash, False)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)

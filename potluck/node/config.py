@@ -72,6 +72,21 @@ class NodeConfig:
     compute_delay: float = _opt(
         0.0, "TESTING AID: sleep this many seconds before every computation (a slow server)."
     )
+    genesis: Path | None = _opt(  # noqa: RUF009
+        None, "Swarm genesis file (potluck swarm init); with it the node keeps a ledger replica."
+    )
+    validator: bool = _opt(False, "Act as a validator: sign checkpoints (needs --validator-key).")
+    validator_key: Path | None = _opt(  # noqa: RUF009
+        None, "Validator key file written by `potluck swarm init` (validator-N.key)."
+    )
+    ledger_sync_interval: float = _opt(10.0, "Seconds between anti-entropy syncs of the ledger.")
+    ledger_page: int = _opt(2000, "Ledger entries per sync page and per push batch.")
+    ledger_max_pending: int = _opt(
+        20000, "Ledger entries held back while what they depend on has not arrived."
+    )
+    checkpoint_interval: float = _opt(
+        0.0, "Validator: seconds between checkpoints (0: the genesis economy's value)."
+    )
 
     def __post_init__(self) -> None:
         if self.blocks is not None and self.model is None:
@@ -109,6 +124,19 @@ class NodeConfig:
             raise ConfigError("--compute-delay must be 0 or more seconds")
         if self.compute_threads < 0:
             raise ConfigError("--compute-threads must be 0 (torch's default) or more")
+        if self.validator and (self.validator_key is None or self.genesis is None):
+            raise ConfigError("--validator needs --validator-key and --genesis")
+        if self.validator_key is not None and not self.validator:
+            raise ConfigError("--validator-key is only used with --validator")
+        for name in ("ledger_page", "ledger_max_pending"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.ledger_page > 20000:
+            raise ConfigError("--ledger-page must be at most 20000")
+        if not (math.isfinite(self.ledger_sync_interval) and self.ledger_sync_interval > 0):
+            raise ConfigError("--ledger-sync-interval must be a positive number of seconds")
+        if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval >= 0):
+            raise ConfigError("--checkpoint-interval must be 0 (genesis value) or more seconds")
         if self.announce_ttl <= self.announce_interval:
             raise ConfigError("--announce-ttl must be longer than --announce-interval")
 

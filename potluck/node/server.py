@@ -21,6 +21,7 @@ concurrent sessions queue instead of oversubscribing the cores.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -32,7 +33,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import trio
@@ -58,6 +59,9 @@ from potluck.model import (
 )
 from potluck.node.balance import block_throughputs, choose_span, plan_move, span_for_memory
 from potluck.node.config import NodeConfig
+
+if TYPE_CHECKING:
+    from potluck.ledger.replica import Replica
 from potluck.node.sessions import SessionTable
 from potluck.p2p.announce import sign_announcement, verify_announcement
 from potluck.p2p.discovery import PeerTable
@@ -140,6 +144,8 @@ class Server:
         self.bandwidth = 0.0
         self.errors_sent = 0
         self.steps_served = 0
+        #: The node's ledger replica, when it runs with --genesis.
+        self.replica: Replica | None = None
 
     # -- what we announce ---------------------------------------------------
 
@@ -514,7 +520,18 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         if model is not None:
             await server.measure_bandwidth()
         await server.announce_once()  # known to the swarm before we say ready
-        async with trio.open_nursery() as nursery:
+        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+            if config.genesis is not None:
+                from potluck.node.ledger import open_replica
+
+                server.replica = await stack.enter_async_context(
+                    open_replica(
+                        config,
+                        host,
+                        server.announce_targets,
+                        model_identity=model.identity if model else None,
+                    )
+                )
             nursery.start_soon(server.announce_loop)
             nursery.start_soon(server.expire_loop)
             if model is not None and config.span is None:

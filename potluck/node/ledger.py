@@ -1,0 +1,75 @@
+"""The node's ledger replica: genesis, SQLite store, replication and validator duties."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import trio
+
+from potluck.errors import ConfigError
+from potluck.ledger.core import Ledger
+from potluck.ledger.genesis import Genesis, load_key
+from potluck.ledger.replica import PROTOCOL_LEDGER, Peer, Replica, ReplicaConfig
+from potluck.ledger.store import SqliteBackend
+from potluck.node.config import NodeConfig
+from potluck.p2p.host import PotluckHost
+
+LEDGER_FILE = "ledger.db"
+
+
+@asynccontextmanager
+async def open_replica(
+    config: NodeConfig,
+    host: PotluckHost,
+    peers: Callable[[], Iterable[Peer]],
+    *,
+    model_identity: str | None = None,
+) -> AsyncIterator[Replica]:
+    """Open the node's ledger, catch up with its peers, then replicate until closed."""
+    assert config.genesis is not None
+    genesis = Genesis.load(config.genesis)
+    if model_identity is not None and model_identity != genesis.model_identity:
+        raise ConfigError(
+            f"this node serves model {model_identity[:12]}, but swarm {genesis.name!r} "
+            f"runs {genesis.model_name} ({genesis.model_identity[:12]})"
+        )
+    validator = None
+    if config.validator:
+        assert config.validator_key is not None
+        validator = load_key(config.validator_key)
+        if not genesis.is_validator(validator.public_bytes.hex()):
+            raise ConfigError(f"{config.validator_key} is not a validator key of this swarm")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    backend = await trio.to_thread.run_sync(SqliteBackend, config.data_dir / LEDGER_FILE)
+    with ThreadPoolExecutor(2, thread_name_prefix="verify") as executor:
+        try:
+            await trio.to_thread.run_sync(backend.claim_swarm, genesis.swarm_id)
+            ledger = Ledger(
+                genesis, backend, max_pending=config.ledger_max_pending, executor=executor
+            )
+            replica = Replica(
+                ledger,
+                host,
+                ReplicaConfig(
+                    sync_interval=config.ledger_sync_interval,
+                    page_size=config.ledger_page,
+                    push_batch=config.ledger_page,
+                    request_timeout=config.request_timeout,
+                    progress=True,
+                ),
+                peers=peers,
+            )
+            host.set_handler(PROTOCOL_LEDGER, replica.handle)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(replica.run)
+                if validator is not None:
+                    interval = config.checkpoint_interval or genesis.economy.checkpoint_seconds
+                    nursery.start_soon(replica.checkpoint_loop, validator, interval)
+                try:
+                    yield replica
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            backend.close()

@@ -1,0 +1,199 @@
+"""Five real node processes replicate a ledger written at random nodes, across a SIGKILL."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from potluck.errors import InsufficientBalance, LedgerError, NetworkError, PotluckError
+from potluck.ledger.core import Ledger
+from potluck.ledger.genesis import Genesis, init_swarm, load_key
+from potluck.ledger.store import SqliteBackend
+from potluck.ledger.tools import frontier_digest
+from potluck.ledger.wallet import RemoteReplica, Wallet
+from potluck.p2p.host import open_host
+from potluck.p2p.identity import Identity
+from potluck.testing.swarm import LocalSwarm, NodeProcess
+
+pytestmark = pytest.mark.slow
+
+ACCOUNTS = 8
+TOTAL = 2000
+KILL_AT = 900
+RESTART_AT = 1300
+
+
+def read_replica(node: NodeProcess, genesis: Genesis) -> tuple[str, set[str], dict[str, int], str]:
+    """(frontier digest, entry hashes, balances, integrity) from a node's database, read-only."""
+    with SqliteBackend(node.data_dir / "ledger.db", readonly=True) as backend:
+        ledger = Ledger(genesis, backend)
+        state = ledger.state()
+        return (
+            frontier_digest(state.frontier),
+            set(state.entries),
+            state.balances,
+            backend.integrity_check(),
+        )
+
+
+def test_five_replicas_converge_after_a_sigkill(tmp_path: Path) -> None:
+    genesis, (validator_key,) = init_swarm(
+        tmp_path / "swarm", name="t", model_name="none", model_identity="0" * 64, validators=1
+    )
+    extra = ["--genesis", str(tmp_path / "swarm" / "genesis.json"), "--ledger-sync-interval", "1"]
+    with LocalSwarm(tmp_path / "nodes") as swarm:
+        nodes = [swarm.start_node(f"n{i}", extra=extra) for i in range(5)]
+        alive = {node.name: node for node in nodes}
+        acknowledged: set[str] = set()
+        written = 0
+        rng = random.Random(7)
+
+        async def writer() -> None:
+            nonlocal written
+            validator = load_key(validator_key)
+            keys = [Identity.generate() for _ in range(ACCOUNTS)]
+            accounts = [k.public_bytes.hex() for k in keys]
+            async with open_host(Identity.generate(), timeout=10) as host:
+
+                def access() -> RemoteReplica:
+                    node = rng.choice(list(alive.values()))
+                    return RemoteReplica(host, node.peer_id, [node.addr], timeout=10)
+
+                def wallet_for(identity: Identity) -> Wallet:
+                    return Wallet(identity, genesis.swarm_id, access(), clock=lambda: 1.0)
+
+                granting = wallet_for(validator)
+                wallets = [wallet_for(k) for k in keys]
+
+                async def act(wallet: Wallet, op: str, target: str = "") -> None:
+                    """One write at a random node, retried elsewhere if that node fails."""
+                    nonlocal written
+                    for _attempt in range(50):
+                        wallet.access = access()
+                        try:
+                            if op == "grant":
+                                entries = [await wallet.grant(target, 1000)]
+                            elif op == "send":
+                                try:
+                                    entries = [await wallet.send(target, rng.randint(1, 50))]
+                                except InsufficientBalance:  # found before anything is sent
+                                    op = "receive"
+                                    continue
+                            else:
+                                entries = await wallet.receive(limit=3)
+                        except (NetworkError, trio.TooSlowError, LedgerError) as exc:
+                            if isinstance(exc, LedgerError) and exc.code != "seq_gap":
+                                raise
+                            await trio.sleep(0.05)
+                            continue
+                        acknowledged.update(e.hash for e in entries)
+                        written += len(entries)
+                        return
+                    raise AssertionError(f"{op} failed 50 times")
+
+                for account in accounts:
+                    await act(granting, "grant", account)
+
+                async def account_task(index: int) -> None:
+                    wallet = wallets[index]
+                    while written < TOTAL:
+                        if rng.random() < 0.5:
+                            await act(wallet, "receive")
+                        else:
+                            other = rng.choice([a for a in accounts if a != accounts[index]])
+                            await act(wallet, "send", other)
+
+                async def chaos() -> None:
+                    while written < KILL_AT:
+                        await trio.sleep(0.05)
+                    victim = alive.pop("n2")
+                    victim.kill()  # SIGKILL, mid-stream
+                    while written < RESTART_AT:
+                        await trio.sleep(0.05)
+                    restarted = await trio.to_thread.run_sync(
+                        lambda: swarm.start_node("n2", extra=extra)
+                    )
+                    alive["n2"] = restarted
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(chaos)
+                    for index in range(ACCOUNTS):
+                        nursery.start_soon(account_task, index)
+
+        started = time.monotonic()
+        trio.run(writer)
+        wrote = time.monotonic() - started
+        assert written >= TOTAL
+        assert len(alive) == 5
+
+        deadline = time.monotonic() + 90
+        while True:
+            views = [read_replica(node, genesis) for node in alive.values()]
+            digests = {v[0] for v in views}
+            if len(digests) == 1 and all(acknowledged <= v[1] for v in views):
+                break
+            if time.monotonic() > deadline:
+                counts = [len(v[1]) for v in views]
+                missing = [len(acknowledged - v[1]) for v in views]
+                pytest.fail(f"no convergence: entries {counts}, acknowledged missing {missing}")
+            time.sleep(0.5)
+
+        settled = time.monotonic() - started - wrote
+        print(f"wrote {written} entries in {wrote:.1f} s; converged {settled:.1f} s later")
+        entries = {frozenset(v[1]) for v in views}
+        balances = [v[2] for v in views]
+        assert len(entries) == 1
+        assert all(b == balances[0] for b in balances)
+        assert all(v[3] == "ok" for v in views)
+        assert len(next(iter(entries))) >= TOTAL
+        total_points = sum(balances[0].values())
+        assert total_points <= ACCOUNTS * 1000  # points moved, none created
+        for node in alive.values():
+            assert node.alive(), node.log_tail()
+
+
+def test_ledger_status_and_verify_cli(tmp_path: Path) -> None:
+    """`potluck ledger status|verify|export` on a replica of a running node."""
+    import subprocess
+    import sys
+
+    genesis, (validator_key,) = init_swarm(
+        tmp_path / "swarm", name="t", model_name="none", model_identity="0" * 64, validators=1
+    )
+    genesis_path = str(tmp_path / "swarm" / "genesis.json")
+    with LocalSwarm(tmp_path / "nodes") as swarm:
+        node = swarm.start_node("n0", extra=["--genesis", genesis_path])
+        account = Identity.generate()
+
+        async def write() -> None:
+            async with open_host(Identity.generate(), timeout=10) as host:
+                remote = RemoteReplica(host, node.peer_id, [node.addr])
+                validator = Wallet(load_key(validator_key), genesis.swarm_id, remote)
+                wallet = Wallet(account, genesis.swarm_id, remote)
+                await validator.grant(wallet.account, 50)
+                await wallet.receive()
+                await wallet.send(validator.account, 20)
+
+        trio.run(write)
+
+        def potluck(*args: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "potluck", "ledger", *args, "--genesis", genesis_path]
+            cmd += ["--data-dir", str(node.data_dir)]
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=swarm.env)
+
+        status = potluck("status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"entries": 3' in status.stdout
+        assert '"integrity_check": "ok"' in status.stdout
+        verify = potluck("verify")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert "entries 3" in verify.stdout
+        export = potluck("export")
+        assert export.returncode == 0
+        assert len(export.stdout.splitlines()) == 3
+        with pytest.raises(PotluckError):
+            SqliteBackend(node.data_dir / "ledger.db", readonly=True).claim_swarm("f" * 64)
