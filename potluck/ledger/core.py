@@ -124,7 +124,8 @@ class IngestReport:
 
 
 class Backend(Protocol):
-    """Where the engine keeps entries. All methods run inside `transaction()`."""
+    """Where the engine keeps entries. Writes (`insert`, `record_fork`, `count`) run
+    inside `transaction()`; reads may run outside one."""
 
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
     def get(self, entry_hash: str) -> Entry | None: ...
@@ -180,30 +181,36 @@ class Ledger:
         report = IngestReport()
         batch: list[Entry] = []
         seen: set[str] = set()
+        early: list[tuple[Entry, LedgerError]] = []  # recorded once the transaction is open
+        duplicates = 0
+        for entry in entries:
+            if entry.swarm != self.swarm_id:
+                why = f"entry {entry.hash[:12]} is for swarm {entry.swarm[:12]}"
+                early.append((entry, WrongSwarm(why)))
+            elif entry.hash in seen or self.backend.get(entry.hash) is not None:
+                if gossip:
+                    duplicates += 1
+                    continue
+                early.append((entry, ReplayedEntry(f"entry {entry.hash[:12]} is already held")))
+            elif entry.hash in self._parked:
+                # parked already: still missing what it needs, applied when that arrives
+                early.append((entry, self._parked[entry.hash][1]))
+            else:
+                seen.add(entry.hash)
+                batch.append(entry)
+        valid: list[Entry] = []
+        # signatures are checked before the write transaction opens, to hold it briefly
+        for entry, ok in zip(batch, verify_batch(batch, self.executor), strict=True):
+            if ok:
+                valid.append(entry)
+            else:
+                why = f"entry {entry.hash[:12]} is not signed by {entry.author[:12]}"
+                early.append((entry, ForgedEntry(why)))
         with self.backend.transaction():
-            for entry in entries:
-                if entry.swarm != self.swarm_id:
-                    why = f"entry {entry.hash[:12]} is for swarm {entry.swarm[:12]}"
-                    self._reject(report, entry, WrongSwarm(why))
-                elif entry.hash in seen or self.backend.get(entry.hash) is not None:
-                    if gossip:
-                        self.backend.count("duplicates")
-                        continue
-                    why = f"entry {entry.hash[:12]} is already held"
-                    self._reject(report, entry, ReplayedEntry(why))
-                elif entry.hash in self._parked:
-                    # parked already: still missing what it needs, applied when that arrives
-                    self._reject(report, entry, self._parked[entry.hash][1])
-                else:
-                    seen.add(entry.hash)
-                    batch.append(entry)
-            valid: list[Entry] = []
-            for entry, ok in zip(batch, verify_batch(batch, self.executor), strict=True):
-                if ok:
-                    valid.append(entry)
-                else:
-                    why = f"entry {entry.hash[:12]} is not signed by {entry.author[:12]}"
-                    self._reject(report, entry, ForgedEntry(why))
+            if duplicates:
+                self.backend.count("duplicates", duplicates)
+            for entry, error in early:
+                self._reject(report, entry, error)
             work = list(reversed(_dependency_order(valid)))
             while work:
                 entry = work.pop()
@@ -311,10 +318,13 @@ class Ledger:
 
     # ---- derived state ----------------------------------------------------
 
-    def account(self, account: str) -> AccountState:
-        """Balance and head of an account; a forked account is frozen before its fork."""
+    def account(self, account: str, *, top: int | None = None) -> AccountState:
+        """Balance and head of an account; a forked account is frozen before its fork.
+
+        `top` is the account's highest seq held, if the caller already knows it."""
         backend = self.backend
-        top = backend.tips().get(account, 0)
+        if top is None:
+            top = backend.tips().get(account, 0)
         fork_seq = backend.fork_seq(account)
         seq = top if fork_seq is None else fork_seq - 1
         if seq == 0:
@@ -327,14 +337,15 @@ class Ledger:
     def frontier(self) -> dict[str, tuple[int, str]]:
         """Every author's undisputed head: `(seq, hash)`."""
         result = {}
-        for author in self.backend.tips():
-            state = self.account(author)
+        for author, top in self.backend.tips().items():
+            state = self.account(author, top=top)
             if state.seq:
                 result[author] = (state.seq, state.head)
         return result
 
     def balances(self) -> dict[str, int]:
-        return {author: self.account(author).balance for author in self.backend.tips()}
+        tips = self.backend.tips()
+        return {author: self.account(author, top=top).balance for author, top in tips.items()}
 
     def forks(self) -> list[Fork]:
         return self.backend.forks()

@@ -4,10 +4,12 @@
 between peers over the `/potluck/ledger/1.0.0` protocol (messages in
 `potluck.wire`, spec in docs/ledger.md):
 
-- **Push.** Entries accepted locally (written by a wallet or a validator, or
-  newly learnt from a peer) are batched and pushed as `LedgerPush` to up to
-  `push_fanout` ledger peers, which push on what was new to them (flooding
-  with duplicate suppression: an entry already held is not pushed again).
+- **Push.** Entries written here (by a validator, or by a wallet that
+  submitted them to this node) are batched and published as `LedgerPush`
+  messages on the swarm's GossipSub topic `/potluck/ledger/<swarm_id>`,
+  which carries them to every subscribed node (`potluck.p2p.pubsub`).
+  Without pubsub (`topics=None`) they are pushed over the ledger protocol
+  to up to `push_fanout` peers, which push on what was new to them.
 - **Sync.** On start, when a peer is first met, when a push left a gap, and
   every `sync_interval` seconds, the replica sends its per-author summary
   (`LedgerSync`); the peer answers with the entries we lack, page by page
@@ -47,6 +49,7 @@ from potluck.ledger.sync import (
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.identity import Identity
+from potluck.p2p.pubsub import MAX_PUBLISH_BYTES, Topics
 from potluck.wire import (
     MAX_LEDGER_ENTRIES,
     AccountReply,
@@ -58,6 +61,8 @@ from potluck.wire import (
     LedgerSyncReply,
     Message,
     decode_message,
+    encode_message,
+    expect,
 )
 
 log = logging.getLogger(__name__)
@@ -94,8 +99,11 @@ class Replica:
         config: ReplicaConfig = ReplicaConfig(),
         *,
         peers: Callable[[], Iterable[Peer]] = lambda: (),
+        topics: Topics | None = None,
     ) -> None:
         self.ledger = ledger
+        self.topics = topics
+        self.topic = f"/potluck/ledger/{ledger.swarm_id}"
         self.host = host
         self.config = config
         self._peer_source = peers
@@ -108,7 +116,13 @@ class Replica:
         self._sync_wake = trio.Event()
         self.changed = trio.Event()
         """Set (and replaced) whenever entries were accepted: for watchers."""
-        self.stats: dict[str, int] = {"pushed": 0, "synced": 0, "sync_rounds": 0}
+        self.stats: dict[str, int] = {
+            "pushed": 0,
+            "published": 0,
+            "gossiped": 0,
+            "synced": 0,
+            "sync_rounds": 0,
+        }
 
     # ---- database ---------------------------------------------------------
 
@@ -151,10 +165,12 @@ class Replica:
         self._accepted(report, origin=None)
         return report
 
-    def _accepted(self, report: IngestReport, origin: str | None) -> None:
-        if report.accepted:
+    def _accepted(self, report: IngestReport, origin: str | None, *, relay: bool = True) -> None:
+        """Note accepted entries; with `relay`, queue them for pushing on (not to `origin`)."""
+        if report.accepted and relay:
             self._outbox.extend((e, origin) for e in report.accepted)
             self._outbox_ready.set()
+        if report.accepted:
             self.changed.set()
             self.changed = trio.Event()
         if report.forks:
@@ -284,6 +300,9 @@ class Replica:
             )
             if not self._outbox:
                 self._outbox_ready = trio.Event()
+            if self.topics is not None:
+                await self._publish([e for e, _ in batch])
+                continue
             peers = list(self.peers().items())
             random.shuffle(peers)
             async with trio.open_nursery() as nursery:
@@ -291,6 +310,55 @@ class Replica:
                     entries = [e for e, origin in batch if origin != peer_id]
                     if entries:
                         nursery.start_soon(self._push_to, peer_id, addrs, entries)
+
+    async def _publish(self, entries: list[Entry]) -> None:
+        """Publish entries on the swarm's ledger topic, in messages under the size limit."""
+        assert self.topics is not None
+        chunk: list[Entry] = []
+        size = 0
+        for entry in entries:
+            cost = len(entry.raw) + 2 * len(entry.signature) + 16
+            if chunk and size + cost > MAX_PUBLISH_BYTES - 1024:
+                await self._publish_chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += cost
+        if chunk:
+            await self._publish_chunk(chunk)
+
+    async def _publish_chunk(self, entries: list[Entry]) -> None:
+        assert self.topics is not None
+        message = LedgerPush(tuple(tuple(e.wire()) for e in entries))  # type: ignore[misc]
+        try:
+            await self.topics.publish(self.topic, encode_message(message))
+        except Exception as exc:  # noqa: BLE001 - pubsub failures of any kind; sync covers
+            log.warning("publishing %d entries failed: %s", len(entries), exc)
+            return
+        self.stats["published"] += len(entries)
+
+    async def gossip_loop(self) -> None:
+        """Ingest entries other nodes publish on the ledger topic."""
+        assert self.topics is not None
+        async for sender, data in self.topics.subscribe(self.topic):
+            try:
+                message = expect(decode_message(data), LedgerPush)
+                entries = [
+                    decode_wire(item, max_bytes=self.config.max_entry_bytes)
+                    for item in message.entries
+                ]
+            except (WireError, LedgerError) as exc:
+                log.info("bad ledger message from %s: %s", sender, exc)
+                await self.db(self.ledger.note, "rejected.malformed_gossip")
+                continue
+            report = await self.db(self._ingest_relayed, entries)
+            self._accepted(report, origin=sender, relay=False)  # gossipsub relays it
+            self.stats["gossiped"] += len(report.accepted)
+            if report.accepted:
+                await self.db(self.ledger.note, "received.gossip", len(report.accepted))
+            if report.missing:
+                addrs = self.peers().get(sender)
+                if addrs:
+                    self.want_sync(sender, addrs)
 
     async def _push_to(self, peer_id: str, addrs: tuple[str, ...], entries: list[Entry]) -> None:
         try:
@@ -338,7 +406,7 @@ class Replica:
                     for item in reply.entries
                 ]
                 report = await self.db(self._ingest_relayed, entries)
-                self._accepted(report, origin=peer_id)
+                self._accepted(report, origin=peer_id, relay=self.topics is None)
                 gained += len(report.accepted)
                 if progress is not None:
                     progress.advance(len(report.accepted))
@@ -353,6 +421,8 @@ class Replica:
                 progress.close()
         self._failures.pop(peer_id, None)
         self.stats["synced"] += gained
+        if gained:
+            await self.db(self.ledger.note, "received.sync", gained)
         self.stats["sync_rounds"] += 1
         if gained:
             log.info("synced %d entries from %s", gained, peer_id)
@@ -438,6 +508,8 @@ class Replica:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.push_loop)
             nursery.start_soon(self.sync_loop)
+            if self.topics is not None:
+                nursery.start_soon(self.gossip_loop)
             task_status.started()
 
 

@@ -494,13 +494,22 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
     model: ServedModel | None = None
     if config.model is not None:
         model = await trio.to_thread.run_sync(ServedModel.open, config.model, config.dtype)
-    async with open_host(
-        identity,
-        host=config.host,
-        port=config.port,
-        max_frame=config.max_frame,
-        timeout=config.request_timeout,
-    ) as host:
+    async with (
+        open_host(
+            identity,
+            host=config.host,
+            port=config.port,
+            max_frame=config.max_frame,
+            timeout=config.request_timeout,
+        ) as host,
+        contextlib.AsyncExitStack() as early,
+    ):
+        # pubsub must run before the first connection: it only learns of new ones
+        topics = None
+        if config.genesis is not None:
+            from potluck.p2p.pubsub import open_pubsub
+
+            topics = await early.enter_async_context(open_pubsub(host))
         server = Server(
             host,
             config,
@@ -520,7 +529,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         if model is not None:
             await server.measure_bandwidth()
         await server.announce_once()  # known to the swarm before we say ready
-        async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
             if config.genesis is not None:
                 from potluck.node.ledger import open_replica
 
@@ -529,6 +538,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
                         config,
                         host,
                         server.announce_targets,
+                        topics=topics,
                         model_identity=model.identity if model else None,
                     )
                 )

@@ -63,6 +63,11 @@ class PotluckHost:
         return self.identity.peer_id
 
     @property
+    def raw(self) -> Any:
+        """The py-libp2p host underneath (for `potluck.p2p.pubsub`)."""
+        return self._host
+
+    @property
     def addrs(self) -> list[str]:
         """Full multiaddresses, each ending in `/p2p/<peer id>`."""
         return [str(a) for a in self._host.get_addrs()]
