@@ -141,21 +141,36 @@ class Replica:
     def _plan_entries(
         self, theirs: dict[str, SummaryRow], limit: int
     ) -> tuple[list[Entry], bool, dict[str, SummaryRow]]:
+        """Up to `limit` entries the peer lacks, a fair share of each author's range.
+
+        Every author gets room in every page: the peer's next missing entry
+        in causal order is the next entry of some author's chain, so each
+        page lets the peer store something, however entries depend on each
+        other across chains.
+        """
         backend = self.ledger.backend
         mine = self._rows()
+        plan = plan_send(mine, theirs, lambda h: backend.get(h) is not None)
+        cursors = dict(plan)
+        open_ranges = [author for author, _ in plan]
         entries: list[Entry] = []
-        more = False
-        for author, after in plan_send(mine, theirs, lambda h: backend.get(h) is not None):
-            room = limit - len(entries)
-            if room <= 0:
-                more = True
-                break
-            chunk = backend.chain(author, after, room + 1)
-            if len(chunk) > room:
-                more = True
-                chunk = chunk[:room]
-            entries.extend(chunk)
-        return entries, more, mine
+        while open_ranges and len(entries) < limit:
+            share = max(1, (limit - len(entries)) // len(open_ranges))
+            still_open = []
+            for author in open_ranges:
+                room = min(share, limit - len(entries))
+                if room <= 0:
+                    still_open.append(author)
+                    continue
+                chunk = backend.chain(author, cursors[author], room + 1)
+                if len(chunk) > room:
+                    still_open.append(author)
+                    chunk = chunk[:room]
+                if chunk:
+                    entries.extend(chunk)
+                    cursors[author] = chunk[-1].seq
+            open_ranges = still_open
+        return entries, bool(open_ranges), mine
 
     # ---- local writes -----------------------------------------------------
 
@@ -312,25 +327,16 @@ class Replica:
                         nursery.start_soon(self._push_to, peer_id, addrs, entries)
 
     async def _publish(self, entries: list[Entry]) -> None:
-        """Publish entries on the swarm's ledger topic, in messages under the size limit."""
+        """Publish entries on the swarm's ledger topic, split to fit the message limit."""
         assert self.topics is not None
-        chunk: list[Entry] = []
-        size = 0
-        for entry in entries:
-            cost = len(entry.raw) + 2 * len(entry.signature) + 16
-            if chunk and size + cost > MAX_PUBLISH_BYTES - 1024:
-                await self._publish_chunk(chunk)
-                chunk, size = [], 0
-            chunk.append(entry)
-            size += cost
-        if chunk:
-            await self._publish_chunk(chunk)
-
-    async def _publish_chunk(self, entries: list[Entry]) -> None:
-        assert self.topics is not None
-        message = LedgerPush(tuple(tuple(e.wire()) for e in entries))  # type: ignore[misc]
+        message = encode_message(LedgerPush(tuple(tuple(e.wire()) for e in entries)))  # type: ignore[misc]
+        if len(message) > MAX_PUBLISH_BYTES and len(entries) > 1:
+            half = len(entries) // 2
+            await self._publish(entries[:half])
+            await self._publish(entries[half:])
+            return
         try:
-            await self.topics.publish(self.topic, encode_message(message))
+            await self.topics.publish(self.topic, message)
         except Exception as exc:  # noqa: BLE001 - pubsub failures of any kind; sync covers
             log.warning("publishing %d entries failed: %s", len(entries), exc)
             return
