@@ -33,6 +33,7 @@
     │   ├── MissingDependency        a predecessor or source this replica does not have (yet)
     │   │   ├── SeqGap               the author's entry at seq - 1 is missing
     │   │   └── UnknownSource        the send a receive refers to is missing
+    │   ├── SeqTaken                 a submitted entry at a seq its account already used
     │   ├── AccountFrozen            an account that equivocated (its chain forked)
     │   └── InvalidFraudProof        two entries that do not prove an equivocation
 
@@ -229,6 +230,12 @@ class UnknownSource(MissingDependency):
     code = "unknown_source"
 
 
+class SeqTaken(LedgerError):
+    """A submitted entry at a seq that its account already used: it would fork the chain."""
+
+    code = "seq_taken"
+
+
 class AccountFrozen(LedgerError):
     """An account whose chain forked: it equivocated and may not spend."""
 
@@ -277,6 +284,7 @@ _LEDGER_BY_CODE: dict[str, type[LedgerError]] = {
         NotReceivable,
         SeqGap,
         UnknownSource,
+        SeqTaken,
         AccountFrozen,
         InvalidFraudProof,
     )

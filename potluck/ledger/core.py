@@ -47,6 +47,7 @@ from potluck.errors import (
     MissingDependency,
     ReplayedEntry,
     SeqGap,
+    SeqTaken,
     UnknownSource,
     WrongSwarm,
 )
@@ -171,12 +172,20 @@ class Ledger:
 
     # ---- ingest -----------------------------------------------------------
 
-    def ingest(self, entries: Iterable[Entry], *, gossip: bool = False) -> IngestReport:
+    def ingest(
+        self, entries: Iterable[Entry], *, gossip: bool = False, submitted: bool = False
+    ) -> IngestReport:
         """Validate and store a batch in one transaction; report what became of each.
 
         With `gossip`, an entry already held is expected (peers relay what
         others sent too): it is skipped and counted as a duplicate, not
         rejected as a `ReplayedEntry`.
+
+        With `submitted` (entries a wallet hands to this replica, rather than
+        entries relayed between replicas), an entry at a seq its author already
+        used is refused with `SeqTaken` instead of being stored as a fork: a
+        replica never helps an honest but confused writer (two processes with
+        one key) equivocate. Relayed forks are still stored, so replicas converge.
         """
         report = IngestReport()
         batch: list[Entry] = []
@@ -216,14 +225,14 @@ class Ledger:
                 entry = work.pop()
                 if self.backend.get(entry.hash) is not None:
                     continue
-                if self._apply(entry, report):
+                if self._apply(entry, report, submitted=submitted):
                     woken = self._waiting.pop(entry.hash, [])
                     for parked in woken:
                         self._unpark(parked)
                     work.extend(reversed(sorted(woken, key=lambda e: e.seq)))
         return report
 
-    def _apply(self, entry: Entry, report: IngestReport) -> bool:
+    def _apply(self, entry: Entry, report: IngestReport, *, submitted: bool = False) -> bool:
         backend = self.backend
         previous = backend.get(entry.prev) if entry.seq > 1 else None
         source = None
@@ -249,6 +258,10 @@ class Ledger:
             return False
         except LedgerError as exc:
             self._reject(report, entry, exc)
+            return False
+        if submitted and backend.hashes_at(entry.author, entry.seq):
+            why = f"seq {entry.seq} of {entry.author[:12]} is taken; read the account, sign again"
+            self._reject(report, entry, SeqTaken(why))
             return False
         backend.insert(entry)
         report.accepted.append(entry)

@@ -134,6 +134,10 @@ class Replica:
         """Ingest entries relayed by a peer: ones already held are duplicates, not replays."""
         return self.ledger.ingest(entries, gossip=True)
 
+    def _ingest_submitted(self, entries: Sequence[Entry]) -> IngestReport:
+        """Ingest a wallet's entries: its chain prefix may be held already; no forks."""
+        return self.ledger.ingest(entries, gossip=True, submitted=True)
+
     def _rows(self) -> dict[str, SummaryRow]:
         backend = self.ledger.backend
         return summary_rows(backend.summary(), lambda a, top: min(backend.hashes_at(a, top)))
@@ -176,7 +180,7 @@ class Replica:
 
     async def submit(self, entries: Sequence[Entry]) -> IngestReport:
         """Ingest entries written here (wallet, validator) and push what was accepted."""
-        report = await self.db(self.ledger.ingest, list(entries))
+        report = await self.db(self._ingest_submitted, list(entries))
         self._accepted(report, origin=None)
         return report
 
@@ -262,7 +266,10 @@ class Replica:
                 rejected.append(("", exc.code, str(exc)))
         if rejected:
             await self.db(self.ledger.note, "rejected.malformed_entry", len(rejected))
-        report = await self.db(self._ingest_relayed, entries)
+        if msg.relay:
+            report = await self.db(self._ingest_relayed, entries)
+        else:
+            report = await self.db(self._ingest_submitted, entries)
         self._accepted(report, origin=peer)
         if report.missing:
             addrs = self.peers().get(peer)
@@ -329,7 +336,8 @@ class Replica:
     async def _publish(self, entries: list[Entry]) -> None:
         """Publish entries on the swarm's ledger topic, split to fit the message limit."""
         assert self.topics is not None
-        message = encode_message(LedgerPush(tuple(tuple(e.wire()) for e in entries)))  # type: ignore[misc]
+        push = LedgerPush(tuple(tuple(e.wire()) for e in entries), relay=True)  # type: ignore[misc]
+        message = encode_message(push)
         if len(message) > MAX_PUBLISH_BYTES and len(entries) > 1:
             half = len(entries) // 2
             await self._publish(entries[:half])
@@ -371,7 +379,7 @@ class Replica:
             reply = await self._request(
                 peer_id,
                 addrs,
-                LedgerPush(tuple(tuple(e.wire()) for e in entries)),  # type: ignore[misc]
+                LedgerPush(tuple(tuple(e.wire()) for e in entries), relay=True),  # type: ignore[misc]
             )
         except (PotluckError, trio.TooSlowError) as exc:
             self._failed(peer_id, exc)
@@ -444,7 +452,7 @@ class Replica:
             reply = await self._request(
                 peer_id,
                 addrs,
-                LedgerPush(tuple(tuple(e.wire()) for e in entries)),  # type: ignore[misc]
+                LedgerPush(tuple(tuple(e.wire()) for e in entries), relay=True),  # type: ignore[misc]
             )
             if not more or not isinstance(reply, LedgerAck) or reply.accepted == 0:
                 return

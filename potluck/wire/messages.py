@@ -519,12 +519,15 @@ def _summary_field(value: object) -> tuple[tuple[str, int, int, str, str], ...]:
 
 @dataclass(frozen=True)
 class LedgerPush(Message):
-    """New entries, pushed to a peer's replica (gossip) or submitted by a wallet."""
+    """New entries: submitted by a wallet (`relay` false) or relayed by a replica."""
 
     entries: tuple[tuple[str, str], ...]
+    relay: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", _entries_field(self.entries))
+        if not isinstance(self.relay, bool):
+            raise MessageError("relay must be a boolean")
 
 
 @dataclass(frozen=True)

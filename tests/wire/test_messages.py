@@ -151,7 +151,7 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
         st.text(max_size=300),
     ),
-    LedgerPush: st.builds(LedgerPush, wire_entries),
+    LedgerPush: st.builds(LedgerPush, wire_entries, st.booleans()),
     LedgerAck: st.builds(
         LedgerAck,
         st.integers(0, 10**6),
