@@ -246,7 +246,9 @@ def swarm_init(
 _GENESIS_OPT = typer.Option(help="The swarm's genesis.json.")
 _PEER_OPT = typer.Option(help="Address of a node to read and write through (/ip4/.../p2p/...).")
 _KEY_OPT = typer.Option(help="Account key file (default: DATA_DIR/identity.key).")
-_DATA_OPT = typer.Option(help="Data directory holding the account key (and wallet.json).")
+_DATA_OPT = typer.Option(
+    help="Data directory holding the account key (and wallet-<account>.json, the last seq written)."
+)
 
 
 def _wallet_key(key: Path | None, data_dir: Path) -> object:
@@ -272,7 +274,8 @@ def _run_wallet(
     identity = _wallet_key(key, data_dir)
     assert isinstance(identity, Identity)
     swarm = Genesis.load(genesis)
-    state_file = data_dir / "wallet.json" if data_dir.is_dir() else None
+    account = identity.public_bytes.hex()
+    state_file = data_dir / f"wallet-{account[:16]}.json" if data_dir.is_dir() else None
 
     async def main() -> Any:
         async with open_wallet(identity, swarm, peer, state_file=state_file) as wallet:
@@ -462,7 +465,7 @@ def ledger_export(
     data_dir: Annotated[Path, typer.Option(help="The node's data directory.")] = _DEFAULT.data_dir,
     out: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
 ) -> None:
-    """Write every entry as JSON lines: [canonical entry JSON, signature hex].
+    """Write every entry as a JSON line: a list of the canonical entry JSON and its signature.
 
     Example: potluck ledger export --genesis swarm/genesis.json --out ledger.jsonl
     """

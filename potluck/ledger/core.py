@@ -167,7 +167,7 @@ class Ledger:
         self.max_pending_bytes = max_pending_bytes
         self.executor = executor
         self._waiting: dict[str, list[Entry]] = {}
-        self._parked: dict[str, tuple[Entry, LedgerError]] = {}
+        self._parked: dict[str, tuple[Entry, LedgerError, str]] = {}  # hash: entry, why, needs
         self._parked_bytes = 0
 
     # ---- ingest -----------------------------------------------------------
@@ -226,7 +226,7 @@ class Ledger:
                 if self.backend.get(entry.hash) is not None:
                     continue
                 if self._apply(entry, report, submitted=submitted):
-                    woken = self._waiting.pop(entry.hash, [])
+                    woken = [e for e in self._waiting.pop(entry.hash, []) if e.hash in self._parked]
                     for parked in woken:
                         self._unpark(parked)
                     work.extend(reversed(sorted(woken, key=lambda e: e.seq)))
@@ -301,13 +301,24 @@ class Ledger:
         self._reject(report, entry, exc)
         if entry.hash in self._parked:
             return
-        if (
+        if len(entry.raw) > self.max_pending_bytes or self.max_pending < 1:
+            self.backend.count("pending_dropped")
+            return
+        while self._parked and (
             len(self._parked) >= self.max_pending
             or self._parked_bytes + len(entry.raw) > self.max_pending_bytes
         ):
-            self.backend.count("pending_dropped")
-            return
-        self._parked[entry.hash] = (entry, exc)
+            # evict the oldest: junk that names nothing cannot hold the pool forever,
+            # and an evicted entry that is genuine comes back through sync
+            oldest, _, needs = next(iter(self._parked.values()))
+            self._unpark(oldest)
+            waiters = [e for e in self._waiting.get(needs, []) if e.hash != oldest.hash]
+            if waiters:
+                self._waiting[needs] = waiters
+            else:
+                self._waiting.pop(needs, None)
+            self.backend.count("pending_evicted")
+        self._parked[entry.hash] = (entry, exc, waiting_for)
         self._parked_bytes += len(entry.raw)
         self._waiting.setdefault(waiting_for, []).append(entry)
 

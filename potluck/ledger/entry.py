@@ -285,8 +285,10 @@ def make_entry(
     kind: str,
     body: Mapping[str, Any],
     balance: int,
+    max_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
 ) -> Entry:
-    """Build and sign an entry by `identity` (validated exactly as a received one)."""
+    """Build and sign an entry by `identity` (validated exactly as a received one,
+    so an entry other replicas would refuse, e.g. over `max_bytes`, is never made)."""
     content = {
         "author": identity.public_bytes.hex(),
         "balance": balance,
@@ -303,7 +305,7 @@ def make_entry(
         raise MalformedEntry(f"entry content is not canonical JSON: {exc}") from None
     digest = hashlib.sha256(raw).digest()
     signature = identity.sign(DOMAIN + digest)
-    return decode_entry(raw, signature, max_bytes=max(len(raw), DEFAULT_MAX_ENTRY_BYTES))
+    return decode_entry(raw, signature, max_bytes=max_bytes)
 
 
 @lru_cache(maxsize=4096)

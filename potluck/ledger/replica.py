@@ -36,9 +36,16 @@ from typing import Any, TypeVar
 
 import trio
 
-from potluck.errors import LedgerError, MalformedEntry, NetworkError, PotluckError, WireError
+from potluck.errors import (
+    LedgerError,
+    MalformedEntry,
+    MessageError,
+    NetworkError,
+    PotluckError,
+    WireError,
+)
 from potluck.ledger.core import IngestReport, Ledger
-from potluck.ledger.entry import Entry, decode_wire
+from potluck.ledger.entry import VALIDATOR_KINDS, Entry, decode_wire
 from potluck.ledger.sync import (
     SummaryRow,
     missing_estimate,
@@ -86,6 +93,8 @@ class ReplicaConfig:
     request_timeout: float = 30.0
     max_entry_bytes: int = 256 * 1024
     max_sync_pages: int = 1000
+    page_bytes: int = 8 * 2**20
+    """A sync page or push-back stops growing at this many bytes of entries."""
     progress: bool = False
 
 
@@ -158,21 +167,28 @@ class Replica:
         cursors = dict(plan)
         open_ranges = [author for author, _ in plan]
         entries: list[Entry] = []
-        while open_ranges and len(entries) < limit:
+        size = 0
+        while open_ranges and len(entries) < limit and size < self.config.page_bytes:
             share = max(1, (limit - len(entries)) // len(open_ranges))
             still_open = []
             for author in open_ranges:
                 room = min(share, limit - len(entries))
-                if room <= 0:
+                if room <= 0 or size >= self.config.page_bytes:
                     still_open.append(author)
                     continue
                 chunk = backend.chain(author, cursors[author], room + 1)
-                if len(chunk) > room:
+                taken = 0
+                for entry in chunk[:room]:
+                    cost = len(entry.raw) + 2 * len(entry.signature)
+                    if entries and size + cost > self.config.page_bytes:
+                        break
+                    entries.append(entry)
+                    size += cost
+                    taken += 1
+                if taken < len(chunk):
                     still_open.append(author)
-                    chunk = chunk[:room]
-                if chunk:
-                    entries.extend(chunk)
-                    cursors[author] = chunk[-1].seq
+                if taken:
+                    cursors[author] = chunk[taken - 1].seq
             open_ranges = still_open
         return entries, bool(open_ranges), mine
 
@@ -254,7 +270,7 @@ class Replica:
             )
         if isinstance(msg, AccountRequest):
             return await self.db(self.account_reply, msg)
-        raise MalformedEntry(f"{type(msg).__name__} is not a request on {PROTOCOL_LEDGER}")
+        raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_LEDGER}")
 
     async def _on_push(self, msg: LedgerPush, peer: str) -> LedgerAck:
         entries: list[Entry] = []
@@ -489,30 +505,52 @@ class Replica:
                 nursery.start_soon(one, peer_id, addrs)
         return gained
 
+    def _checkpoint_basis(self) -> dict[str, object]:
+        """What a new checkpoint would certify, less the validators' own checkpoints.
+
+        Validators' checkpoints move each other's frontier; counting them would
+        make validators checkpoint each other forever in an idle swarm.
+        """
+        validators = self.ledger.validators
+        frontier = self.ledger.frontier()
+        basis: dict[str, object] = {a: h for a, h in frontier.items() if a not in validators}
+        for validator in sorted(validators):
+            for kind in VALIDATOR_KINDS - {"checkpoint"}:
+                latest = self.ledger.backend.latest(validator, kind)
+                if latest is not None:
+                    basis[f"{validator}:{kind}"] = latest.hash
+        return basis
+
     async def checkpoint_loop(self, validator: Identity, interval: float) -> None:
-        """As a validator: sign a checkpoint of the frontier whenever it changed."""
+        """As a validator: sign a checkpoint of the frontier whenever it moved."""
         from potluck.ledger.wallet import author_entry
 
         account = validator.public_bytes.hex()
-        last: dict[str, tuple[int, str]] | None = None
+        last: dict[str, object] | None = None
         while True:
             await trio.sleep(interval)
+            basis = await self.db(self._checkpoint_basis)
+            if not basis or basis == last:
+                continue
             frontier = await self.db(self.ledger.frontier)
             frontier.pop(account, None)
-            if not frontier or frontier == last:
-                continue
             state = await self.db(self.ledger.account, account)
-            entry = author_entry(
-                validator,
-                self.ledger.swarm_id,
-                state,
-                "checkpoint",
-                {"frontier": {a: [seq, h] for a, (seq, h) in sorted(frontier.items())}},
-                now_ms=int(time.time() * 1000),
-            )
+            try:
+                entry = author_entry(
+                    validator,
+                    self.ledger.swarm_id,
+                    state,
+                    "checkpoint",
+                    {"frontier": {a: [seq, h] for a, (seq, h) in sorted(frontier.items())}},
+                    now_ms=int(time.time() * 1000),
+                )
+            except LedgerError as exc:
+                log.warning("cannot checkpoint %d accounts: %s", len(frontier), exc)
+                last = basis
+                continue
             report = await self.submit([entry])
             if report.accepted:
-                last = frontier
+                last = basis
             else:
                 log.warning("checkpoint refused: %s", report.rejected[0][1])
 

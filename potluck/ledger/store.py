@@ -296,7 +296,9 @@ class SqliteBackend:
                 self._refuse_foreign()
                 self._conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # no-op once created
                 self.db.enable_wal()
-                self._conn.execute("PRAGMA synchronous = NORMAL")
+                # FULL: a committed ingest survives an OS crash or power loss too,
+                # not only a killed process (WAL + NORMAL would lose the last commits)
+                self._conn.execute("PRAGMA synchronous = FULL")
                 self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
                 self.applied_migrations = migrate(self.db, now_ms=self._now_ms())
         except sqlite3.Error as exc:

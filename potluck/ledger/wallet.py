@@ -43,6 +43,7 @@ from potluck.errors import (
     MissingDependency,
     NetworkError,
     NotValidator,
+    PeerTimeout,
     ledger_error,
 )
 from potluck.ledger.core import AccountState
@@ -335,8 +336,10 @@ class RemoteReplica:
     async def _request(self, msg: Any) -> Any:
         from potluck.ledger.replica import PROTOCOL_LEDGER
 
-        with trio.fail_after(self.timeout):
+        with trio.move_on_after(self.timeout) as scope:
             reply = await self.host.request(self.peer_id, PROTOCOL_LEDGER, msg, addrs=self.addrs)
+        if scope.cancelled_caught:
+            raise PeerTimeout(f"{self.peer_id} did not answer in {self.timeout:.0f} s")
         if isinstance(reply, ErrorReply):
             raise reply.to_exception()
         return reply
