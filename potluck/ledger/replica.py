@@ -152,19 +152,24 @@ class Replica:
         return summary_rows(backend.summary(), lambda a, top: min(backend.hashes_at(a, top)))
 
     def _plan_entries(
-        self, theirs: dict[str, SummaryRow], limit: int
-    ) -> tuple[list[Entry], bool, dict[str, SummaryRow]]:
+        self, theirs: dict[str, SummaryRow], limit: int, resume: dict[str, int] | None = None
+    ) -> tuple[list[Entry], dict[str, int], dict[str, SummaryRow]]:
         """Up to `limit` entries the peer lacks, a fair share of each author's range.
 
         Every author gets room in every page: the peer's next missing entry
         in causal order is the next entry of some author's chain, so each
         page lets the peer store something, however entries depend on each
-        other across chains.
+        other across chains. `resume` holds the cursors of the previous page
+        (the last seq sent per unfinished range), so a range that starts at
+        seq 1 (a fork, a diverged chain) moves on instead of resending the
+        entries the peer already has. Returns the entries, the cursors of the
+        ranges left unfinished (empty: nothing more) and my summary.
         """
         backend = self.ledger.backend
         mine = self._rows()
         plan = plan_send(mine, theirs, lambda h: backend.get(h) is not None)
-        cursors = dict(plan)
+        resume = resume or {}
+        cursors = {author: max(after, resume.get(author, after)) for author, after in plan}
         open_ranges = [author for author, _ in plan]
         entries: list[Entry] = []
         size = 0
@@ -180,17 +185,28 @@ class Replica:
                 taken = 0
                 for entry in chunk[:room]:
                     cost = len(entry.raw) + 2 * len(entry.signature)
-                    if entries and size + cost > self.config.page_bytes:
+                    if (entries or taken) and size + cost > self.config.page_bytes:
                         break
-                    entries.append(entry)
                     size += cost
                     taken += 1
-                if taken < len(chunk):
+                picked = chunk[:taken]
+                if taken < len(chunk) and taken and chunk[taken].seq == chunk[taken - 1].seq:
+                    # never split the entries of one seq (a fork) across pages: the cursor
+                    # says "everything up to this seq was sent"
+                    cut = chunk[taken - 1].seq
+                    whole = [e for e in picked if e.seq != cut]
+                    if whole:
+                        picked = whole
+                    else:
+                        group = [backend.get(h) for h in backend.hashes_at(author, cut)]
+                        picked = [e for e in group if e is not None]
+                entries.extend(picked)
+                if len(picked) < len(chunk) or (picked and picked[-1].seq != chunk[-1].seq):
                     still_open.append(author)
-                if taken:
-                    cursors[author] = chunk[taken - 1].seq
+                if picked:
+                    cursors[author] = picked[-1].seq
             open_ranges = still_open
-        return entries, bool(open_ranges), mine
+        return entries, {author: cursors[author] for author in open_ranges}, mine
 
     # ---- local writes -----------------------------------------------------
 
@@ -259,14 +275,17 @@ class Replica:
         if isinstance(msg, LedgerSync):
             self._learn(peer, msg.addrs)
             theirs = rows_from_wire(msg.summary)
-            entries, more, mine = await self.db(self._plan_entries, theirs, msg.limit)
+            entries, cursors, mine = await self.db(
+                self._plan_entries, theirs, msg.limit, dict(msg.cursors)
+            )
             sample = list(self.peers().items())
             random.shuffle(sample)
             return LedgerSyncReply(
                 entries=tuple(tuple(e.wire()) for e in entries),  # type: ignore[misc]
                 summary=tuple(row.wire(a) for a, row in mine.items()),
-                more=more,
+                more=bool(cursors),
                 peers=tuple(sample[:16]),
+                cursors=tuple(cursors.items()),
             )
         if isinstance(msg, AccountRequest):
             return await self.db(self.account_reply, msg)
@@ -411,6 +430,7 @@ class Replica:
         """Pull what `peer_id` has and we lack, then push what it lacks. Returns entries gained."""
         gained = 0
         theirs: dict[str, SummaryRow] = {}
+        cursors: tuple[tuple[str, int], ...] = ()
         progress = None
         try:
             for page in range(self.config.max_sync_pages):
@@ -419,6 +439,7 @@ class Replica:
                     summary=tuple(row.wire(a) for a, row in mine.items()),
                     limit=self.config.page_size,
                     addrs=tuple(self.host.addrs),
+                    cursors=cursors,
                 )
                 reply = await self._request(peer_id, addrs, request)
                 if not isinstance(reply, LedgerSyncReply):
@@ -440,8 +461,9 @@ class Replica:
                 gained += len(report.accepted)
                 if progress is not None:
                     progress.advance(len(report.accepted))
-                if not reply.more or not report.accepted:
-                    break
+                cursors = reply.cursors
+                if not reply.more or not reply.entries:
+                    break  # each page resumes where the last one stopped: `more` ends
             await self._push_back(peer_id, addrs, theirs)
         except (PotluckError, trio.TooSlowError) as exc:
             self._failed(peer_id, exc)
@@ -461,8 +483,12 @@ class Replica:
     async def _push_back(
         self, peer_id: str, addrs: tuple[str, ...], theirs: dict[str, SummaryRow]
     ) -> None:
+        """Push what the peer lacks, by its summary, page after page."""
+        resume: dict[str, int] = {}
         for _ in range(self.config.max_sync_pages):
-            entries, more, _ = await self.db(self._plan_entries, theirs, self.config.page_size)
+            entries, resume, _ = await self.db(
+                self._plan_entries, theirs, self.config.page_size, resume
+            )
             if not entries:
                 return
             reply = await self._request(
@@ -470,11 +496,8 @@ class Replica:
                 addrs,
                 LedgerPush(tuple(tuple(e.wire()) for e in entries), relay=True),  # type: ignore[misc]
             )
-            if not more or not isinstance(reply, LedgerAck) or reply.accepted == 0:
+            if not resume or not isinstance(reply, LedgerAck):
                 return
-            # the peer took a page; what it lacks now is what is left
-            sent = {e.hash for e in entries}
-            theirs = _after_push(theirs, entries, sent)
 
     async def sync_loop(self) -> None:
         """Sync with peers that want it at once, and with a few random peers every interval."""
@@ -563,24 +586,6 @@ class Replica:
             if self.topics is not None:
                 nursery.start_soon(self.gossip_loop)
             task_status.started()
-
-
-def _after_push(
-    theirs: dict[str, SummaryRow], entries: list[Entry], sent: set[str]
-) -> dict[str, SummaryRow]:
-    """The peer's rows as if it had stored `entries` (for the next push-back page)."""
-    from potluck.ledger.core import xor_hex
-
-    rows = dict(theirs)
-    for entry in entries:
-        row = rows.get(entry.author, SummaryRow(0, 0, "0" * 64, "0" * 64))
-        rows[entry.author] = SummaryRow(
-            max(row.top, entry.seq),
-            row.count + 1,
-            xor_hex(row.digest, entry.hash),
-            entry.hash if entry.seq >= row.top else row.head,
-        )
-    return rows
 
 
 class _SyncProgress:

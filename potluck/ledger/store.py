@@ -243,6 +243,8 @@ _HISTORY = (
     " ORDER BY seq DESC, hash DESC LIMIT ?"
 )
 _RECENT = f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY rowid DESC LIMIT ?"
+_SCAN = f"SELECT rowid, {_ENTRY_COLUMNS} FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?"
+_ROW_COUNT = "SELECT count(*) FROM entries"
 _ENTRY_COUNT = "SELECT coalesce(sum(count), 0) FROM authors"
 _SWARM = "SELECT value FROM meta WHERE key = 'swarm_id'"
 
@@ -509,6 +511,17 @@ class SqliteBackend:
             return []
         below = 2**63 - 1 if before_seq is None else before_seq
         return [self._cached_entry(row) for row in self._all(_HISTORY, (account, below, limit))]
+
+    def scan(self, after_rowid: int = 0, limit: int = 5000) -> list[tuple[int, Entry]]:
+        """Stored entries in storage order after `after_rowid`, built from their bytes only
+        (a causal order: an entry is stored after what it depends on)."""
+        rows = self._all(_SCAN, (after_rowid, limit))
+        return [(int(row[0]), _entry(row[1:])) for row in rows]
+
+    def row_count(self) -> int:
+        """Rows in the entries table, counted (`entry_count` reads the author summaries)."""
+        row = self._one(_ROW_COUNT)
+        return 0 if row is None else int(row[0])
 
     def recent(self, limit: int = 50) -> list[Entry]:
         """The entries stored last, newest first."""

@@ -517,6 +517,21 @@ def _summary_field(value: object) -> tuple[tuple[str, int, int, str, str], ...]:
     return tuple(out)
 
 
+def _cursors_field(value: object) -> tuple[tuple[str, int], ...]:
+    """Per author: the last seq a sync page sent of a range it did not finish."""
+    if not isinstance(value, tuple) or len(value) > MAX_LEDGER_AUTHORS:
+        raise MessageError(f"cursors must be a tuple of at most {MAX_LEDGER_AUTHORS} pairs")
+    out = []
+    for item in value:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise MessageError("each cursor is [author, seq]")
+        author, seq = item
+        _check_hex64("author", author)
+        _check_int("seq", seq, 0)
+        out.append((author, seq))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class LedgerPush(Message):
     """New entries: submitted by a wallet (`relay` false) or relayed by a replica."""
@@ -566,9 +581,11 @@ class LedgerSync(Message):
     summary: tuple[tuple[str, int, int, str, str], ...]
     limit: int
     addrs: tuple[str, ...] = ()
+    cursors: tuple[tuple[str, int], ...] = ()  # the previous reply's, to resume its ranges
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "summary", _summary_field(self.summary))
+        object.__setattr__(self, "cursors", _cursors_field(self.cursors))
         _check_int("limit", self.limit, 1, MAX_LEDGER_ENTRIES)
         if not isinstance(self.addrs, tuple) or len(self.addrs) > MAX_ADDRS:
             raise MessageError(f"addrs must be a tuple of at most {MAX_ADDRS} strings")
@@ -586,10 +603,12 @@ class LedgerSyncReply(Message):
     summary: tuple[tuple[str, int, int, str, str], ...]
     more: bool
     peers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    cursors: tuple[tuple[str, int], ...] = ()  # per unfinished range: the last seq sent
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "entries", _entries_field(self.entries))
         object.__setattr__(self, "summary", _summary_field(self.summary))
+        object.__setattr__(self, "cursors", _cursors_field(self.cursors))
         if not isinstance(self.more, bool):
             raise MessageError("more must be a boolean")
         object.__setattr__(self, "peers", _peers_field(self.peers))
