@@ -38,14 +38,20 @@ from potluck.errors import (
 from potluck.ledger.entry import DEBIT_KINDS, MAX_AMOUNT, TRANSFER_KINDS, VALIDATOR_KINDS, Entry
 
 
-def balance_after(entry: Entry, previous_balance: int, source: Entry | None) -> int:
-    """The balance the entry's effect gives, which may be negative (an overdraft)."""
-    if entry.kind in DEBIT_KINDS:
-        return previous_balance - entry.amount
-    if entry.kind == "receive":
+def next_balance(kind: str, amount: int, previous_balance: int, source: Entry | None) -> int:
+    """The balance after an entry of `kind` moving `amount` (its body's, for a debit),
+    which may be negative (an overdraft)."""
+    if kind in DEBIT_KINDS:
+        return previous_balance - amount
+    if kind == "receive":
         assert source is not None
         return previous_balance + source.amount
     return previous_balance
+
+
+def balance_after(entry: Entry, previous_balance: int, source: Entry | None) -> int:
+    """The balance the entry's effect gives, which may be negative (an overdraft)."""
+    return next_balance(entry.kind, entry.amount, previous_balance, source)
 
 
 def check_entry(

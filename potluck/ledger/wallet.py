@@ -48,7 +48,7 @@ from potluck.errors import (
 )
 from potluck.ledger.core import AccountState
 from potluck.ledger.entry import DEBIT_KINDS, ZERO_HASH, Entry, decode_wire, make_entry
-from potluck.ledger.rules import balance_after
+from potluck.ledger.rules import next_balance
 from potluck.p2p.identity import Identity
 from potluck.wire import AccountReply, AccountRequest, ErrorReply, LedgerAck, LedgerPush
 
@@ -92,21 +92,10 @@ def author_entry(
     """The next entry of `identity`'s chain after `state`, with its balance worked out."""
     if state.frozen:
         raise AccountFrozen(f"account {state.account[:12]} forked its chain and is frozen")
-    draft = make_entry(
-        identity,
-        swarm=swarm,
-        seq=state.seq + 1,
-        prev=state.head if state.seq else ZERO_HASH,
-        time=now_ms,
-        kind=kind,
-        body=body,
-        balance=0,
-    )
-    balance = balance_after(draft, state.balance, source)
+    amount = body.get("amount", 0) if kind in DEBIT_KINDS else 0
+    balance = next_balance(kind, amount if isinstance(amount, int) else 0, state.balance, source)
     if balance < 0:
-        raise InsufficientBalance(
-            f"cannot {kind} {draft.amount} points: the balance is {state.balance}"
-        )
+        raise InsufficientBalance(f"cannot {kind} {amount} points: the balance is {state.balance}")
     return make_entry(
         identity,
         swarm=swarm,

@@ -20,6 +20,7 @@ from potluck.ledger.store import open_ledger
 from potluck.p2p.host import PotluckHost, open_host
 from potluck.p2p.identity import Identity
 from potluck.p2p.pubsub import Topics, open_pubsub
+from potluck.testing.aio import run_bounded
 from potluck.testing.ledger import LedgerWorkload, make_ledger
 from potluck.wire import (
     AccountReply,
@@ -124,20 +125,7 @@ async def network(config: ReplicaConfig = CONFIG, *, pubsub: bool = False) -> As
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    """Run `test` in trio within `TIMEOUT`; a failure is raised as itself, not inside
-    the exception groups of the nurseries it crossed."""
-
-    async def bounded() -> None:
-        with trio.fail_after(TIMEOUT):
-            await test()
-
-    try:
-        trio.run(bounded)
-    except BaseExceptionGroup as group:
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-            error = error.exceptions[0]
-        raise error from None
+    run_bounded(test, TIMEOUT)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:

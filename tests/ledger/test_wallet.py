@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-import trio
 
 from potluck.errors import (
     AccountFrozen,
@@ -28,6 +27,7 @@ from potluck.ledger.replica import PROTOCOL_LEDGER, Replica, ReplicaConfig
 from potluck.ledger.wallet import AccountView, LocalReplica, RemoteReplica, ReplicaAccess, Wallet
 from potluck.p2p.host import open_host
 from potluck.p2p.identity import Identity
+from potluck.testing.aio import run_bounded
 from potluck.testing.ledger import LedgerWorkload, make_ledger, seeded_identity
 
 KINDS = ("local", "remote")
@@ -72,20 +72,7 @@ async def sites(kind: str, work: LedgerWorkload, n: int = 1) -> AsyncIterator[li
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    """Run `test` in trio within `TIMEOUT`; a failure is raised as itself, not inside
-    the exception groups of the nurseries it crossed."""
-
-    async def bounded() -> None:
-        with trio.fail_after(TIMEOUT):
-            await test()
-
-    try:
-        trio.run(bounded)
-    except BaseExceptionGroup as group:
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-            error = error.exceptions[0]
-        raise error from None
+    run_bounded(test, TIMEOUT)
 
 
 class Recorder:
