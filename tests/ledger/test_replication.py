@@ -187,44 +187,69 @@ def test_five_replicas_converge_after_a_sigkill(tmp_path: Path) -> None:
             assert node.alive(), node.log_tail()
 
 
-def test_ledger_status_and_verify_cli(tmp_path: Path) -> None:
-    """`potluck ledger status|verify|export` on a replica of a running node."""
+def test_swarm_wallet_and_ledger_commands(tmp_path: Path) -> None:
+    """`potluck swarm init`, `wallet grant|receive|send|balance|history` and
+    `ledger status|verify|export`, as a user runs them, against a real node."""
     import subprocess
     import sys
 
-    genesis, (validator_key,) = init_swarm(
-        tmp_path / "swarm", name="t", model_name="none", model_identity="0" * 64, validators=1
-    )
-    genesis_path = str(tmp_path / "swarm" / "genesis.json")
+    from potluck.p2p.identity import load_or_create_identity
+    from potluck.testing.models import make_tiny_llama
+
+    make_tiny_llama(tmp_path / "model", num_layers=2)
     with LocalSwarm(tmp_path / "nodes") as swarm:
-        node = swarm.start_node("n0", extra=["--genesis", genesis_path])
-        account = Identity.generate()
-
-        async def write() -> None:
-            async with open_host(Identity.generate(), timeout=10) as host:
-                remote = RemoteReplica(host, node.peer_id, [node.addr])
-                validator = Wallet(load_key(validator_key), genesis.swarm_id, remote)
-                wallet = Wallet(account, genesis.swarm_id, remote)
-                await validator.grant(wallet.account, 50)
-                await wallet.receive()
-                await wallet.send(validator.account, 20)
-
-        trio.run(write)
 
         def potluck(*args: str) -> subprocess.CompletedProcess[str]:
-            cmd = [sys.executable, "-m", "potluck", "ledger", *args, "--genesis", genesis_path]
-            cmd += ["--data-dir", str(node.data_dir)]
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=swarm.env)
+            return subprocess.run(
+                [sys.executable, "-m", "potluck", *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=swarm.env,
+                cwd=tmp_path,
+            )
 
-        status = potluck("status", "--json")
+        init = potluck(
+            "swarm", "init", "--name", "t", "--model", "model", "--validators", "1", "--out", "sw"
+        )
+        assert init.returncode == 0, init.stderr
+        assert "swarm t: id " in init.stdout
+        genesis = Genesis.load(tmp_path / "sw" / "genesis.json")
+        node = swarm.start_node("n0", extra=["--genesis", str(tmp_path / "sw" / "genesis.json")])
+        alice = load_or_create_identity(tmp_path / "alice")
+        validator = load_key(tmp_path / "sw" / "validator-1.key").public_bytes.hex()
+        common = ["--genesis", "sw/genesis.json", "--peer", node.addr]
+        wallet = [*common, "--data-dir", "alice"]
+
+        grant = potluck(
+            "wallet", "grant", "--to", alice.peer_id, "--amount", "50",
+            "--key", "sw/validator-1.key", *common,
+        )  # fmt: skip
+        assert grant.returncode == 0, grant.stderr
+        received = potluck("wallet", "receive", *wallet)
+        assert "balance 50" in received.stdout, received.stderr
+        sent = potluck("wallet", "send", "--to", validator, "--amount", "20", *wallet)
+        assert "balance 30" in sent.stdout, sent.stderr
+        balance = potluck("wallet", "balance", *wallet)
+        assert "balance 30" in balance.stdout, balance.stderr
+        history = potluck("wallet", "history", *wallet)
+        assert [line.split()[1] for line in history.stdout.splitlines()] == ["send", "receive"]
+        too_much = potluck("wallet", "send", "--to", validator, "--amount", "1000", *wallet)
+        assert too_much.returncode == 2
+        assert too_much.stderr.startswith("error:") and "balance is 30" in too_much.stderr
+        assert "Traceback" not in too_much.stderr
+
+        ledger = ["--genesis", "sw/genesis.json", "--data-dir", str(node.data_dir)]
+        status = potluck("ledger", "status", "--json", *ledger)
         assert status.returncode == 0, status.stderr
         assert '"entries": 3' in status.stdout
         assert '"integrity_check": "ok"' in status.stdout
-        verify = potluck("verify")
+        verify = potluck("ledger", "verify", *ledger)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "entries 3" in verify.stdout
-        export = potluck("export")
+        export = potluck("ledger", "export", *ledger)
         assert export.returncode == 0
         assert len(export.stdout.splitlines()) == 3
         with pytest.raises(PotluckError):
             SqliteBackend(node.data_dir / "ledger.db", readonly=True).claim_swarm("f" * 64)
+        assert genesis.swarm_id in status.stdout
