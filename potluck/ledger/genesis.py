@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from potluck.errors import GenesisError
-from potluck.p2p.identity import Identity
+from potluck.p2p.identity import Identity, write_key
 
 GENESIS_FILE = "genesis.json"
 VERSION = 1
@@ -164,16 +164,6 @@ class Genesis:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(self.to_bytes() + b"\n")
         os.replace(tmp, path)
-
-
-def write_key(path: Path, identity: Identity) -> None:
-    """Write a raw Ed25519 key with mode 0600, refusing to overwrite one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, identity.private_bytes)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_key(path: Path) -> Identity:

@@ -83,11 +83,16 @@ def load_or_create_identity(data_dir: Path) -> Identity:
     identity = Identity.generate()
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)  # never reuse a leftover file's mode, nor follow a link
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    write_key(tmp, identity)
+    os.replace(tmp, path)
+    return identity
+
+
+def write_key(path: Path, identity: Identity) -> None:
+    """Write a raw Ed25519 key with mode 0600, refusing to overwrite a file or follow a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, identity.private_bytes)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    return identity
