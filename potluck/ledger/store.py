@@ -205,6 +205,9 @@ def migrate(
 
 # ---- prepared SQL ----------------------------------------------------------
 
+LEDGER_FILE = "ledger.db"
+"""The ledger database's name in a node's data directory."""
+
 _ENTRY_COLUMNS = "hash, raw, signature"
 _GET = f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE hash = ?"
 _INSERT = (

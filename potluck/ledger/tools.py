@@ -19,11 +19,9 @@ from potluck.errors import ConfigError, MalformedEntry, PotluckError
 from potluck.ledger.core import Ledger, MemoryBackend
 from potluck.ledger.entry import Entry, decode_entry, verify_fraud_proof
 from potluck.ledger.genesis import Genesis
-from potluck.ledger.store import SqliteBackend
+from potluck.ledger.store import LEDGER_FILE, SqliteBackend
 from potluck.ledger.wallet import RemoteReplica, Wallet
 from potluck.p2p.identity import Identity
-
-LEDGER_FILE = "ledger.db"
 
 
 def ledger_path(data_dir: Path) -> Path:

@@ -13,12 +13,10 @@ from potluck.errors import ConfigError
 from potluck.ledger.core import Ledger
 from potluck.ledger.genesis import Genesis, load_key
 from potluck.ledger.replica import PROTOCOL_LEDGER, Peer, Replica, ReplicaConfig
-from potluck.ledger.store import SqliteBackend
+from potluck.ledger.store import LEDGER_FILE, SqliteBackend
 from potluck.node.config import NodeConfig
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.pubsub import Topics
-
-LEDGER_FILE = "ledger.db"
 
 
 @asynccontextmanager
