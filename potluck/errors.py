@@ -36,6 +36,10 @@
     │   ├── SeqTaken                 a submitted entry at a seq its account already used
     │   ├── AccountFrozen            an account that equivocated (its chain forked)
     │   └── InvalidFraudProof        two entries that do not prove an equivocation
+    └── VerificationError            a server's work that does not check out
+        ├── BadCommitment            a commitment whose signature or digests do not match
+        ├── SpotCheckFailed          an output that disagrees with a recomputation
+        └── InvalidEvidence          a dispute whose evidence does not hold up
 
 Errors raised locally while decoding untrusted bytes are `WireError`s; the
 server turns them into an `ErrorReply` with the matching code, and the client
@@ -250,6 +254,30 @@ class InvalidFraudProof(LedgerError):
 
 class GenesisError(ConfigError):
     """A genesis file that is missing, malformed or for another swarm."""
+
+
+class VerificationError(PotluckError):
+    """A server's work that does not check out."""
+
+    code = "verification_failed"
+
+
+class BadCommitment(VerificationError):
+    """A commitment whose signature, input digest or output digest does not match."""
+
+    code = "bad_commitment"
+
+
+class SpotCheckFailed(VerificationError):
+    """An output that disagrees with a recomputation beyond the calibrated tolerance."""
+
+    code = "spot_check_failed"
+
+
+class InvalidEvidence(VerificationError):
+    """A dispute whose evidence does not hold up (bad signatures, digests or shapes)."""
+
+    code = "invalid_evidence"
 
 
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {

@@ -41,7 +41,8 @@ class Economy:
 
     grant_amount: int = field(default=1000, metadata={"help": "Points a validator grants."})
     mint_rate: int = field(
-        default=100, metadata={"help": "Points minted per verified block-hour of serving."}
+        default=100,
+        metadata={"help": "Points minted per 1,000 token x blocks served (verified, weighted)."},
     )
     priority_price: int = field(
         default=1, metadata={"help": "Points per 1,000 token x blocks of high priority."}
@@ -56,9 +57,18 @@ class Economy:
     checkpoint_seconds: int = field(
         default=30, metadata={"help": "Seconds between a validator's checkpoints."}
     )
+    probe_seconds: int = field(
+        default=30, metadata={"help": "Seconds between a validator's probes of each server."}
+    )
+    dispute_fee: int = field(
+        default=10, metadata={"help": "Points a client pays for an accusation found false."}
+    )
+    scarcity_weight_max: float = field(
+        default=2.0, metadata={"help": "Largest mint weight for serving a scarce block."}
+    )
 
     def __post_init__(self) -> None:
-        for name in ("grant_amount", "mint_rate", "priority_price"):
+        for name in ("grant_amount", "mint_rate", "priority_price", "dispute_fee"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise GenesisError(f"economy.{name} must be a whole number >= 0")
@@ -66,7 +76,14 @@ class Economy:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise GenesisError(f"economy.{name} must be between 0 and 1")
-        for name in ("epoch_seconds", "checkpoint_seconds"):
+        weight = self.scarcity_weight_max
+        if (
+            not isinstance(weight, (int, float))
+            or isinstance(weight, bool)
+            or not 1 <= weight <= 100
+        ):
+            raise GenesisError("economy.scarcity_weight_max must be between 1 and 100")
+        for name in ("epoch_seconds", "checkpoint_seconds", "probe_seconds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GenesisError(f"economy.{name} must be a whole number of seconds >= 1")

@@ -1,0 +1,166 @@
+"""Signed commitments: which output a server returned for which input. Pure.
+
+Every `StepResult` and `ForwardResult` carries the server's Ed25519 signature
+over a `Commitment`::
+
+    DOMAIN || canonical JSON {"end", "inputs", "outputs", "session", "start",
+                              "step", "swarm"}
+
+- `inputs` is the session's **input chain** after this step:
+  `sha256(previous chain || sha256(tensor bytes of this step's input))`,
+  starting from 64 zeros. It binds the whole history the server's cache
+  holds, not only the new tokens, so a server cannot later claim it was fed
+  something else. A stateless `Forward` is a chain of one step.
+- `outputs` is the **root of the output's row digests**: the output
+  `(batch, seq, hidden)` is cut into `batch x seq` rows of `hidden` values,
+  each row is hashed (`row_digests`), and the root is the sha256 of the
+  concatenated row digests. One row (one token's hidden state) can then be
+  shown to belong to a commitment with the list of row digests alone.
+
+Tensors are hashed as their little-endian bytes together with dtype and
+shape, so two tensors with equal digests are bit-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from cryptography.exceptions import InvalidSignature as _BadSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from potluck.errors import BadCommitment
+from potluck.p2p.identity import Identity
+
+__all__ = [
+    "DOMAIN",
+    "ZERO_CHAIN",
+    "Commitment",
+    "chain_inputs",
+    "output_root",
+    "row_digests",
+    "tensor_digest",
+]
+
+DOMAIN = b"potluck/commitment/v1\x00"
+ZERO_CHAIN = "0" * 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (contiguous, as stored)."""
+    flat = tensor.detach().contiguous().view(torch.uint8).reshape(-1)
+    head = f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}".encode()
+    h = hashlib.sha256(head)
+    h.update(flat.numpy().tobytes())
+    return h.hexdigest()
+
+
+def chain_inputs(previous: str, hidden: torch.Tensor) -> str:
+    """The input chain after a step whose input is `hidden`."""
+    step = bytes.fromhex(tensor_digest(hidden))
+    return hashlib.sha256(bytes.fromhex(previous) + step).hexdigest()
+
+
+def row_digests(hidden: torch.Tensor) -> list[str]:
+    """sha256 of each (batch, position) row of a (batch, seq, hidden) tensor."""
+    rows = hidden.detach().contiguous().reshape(-1, hidden.shape[-1])  # (batch*seq, hidden)
+    return [tensor_digest(row) for row in rows]
+
+
+def output_root(rows: list[str]) -> str:
+    """The digest that a commitment signs for an output with these row digests."""
+    return hashlib.sha256(b"".join(bytes.fromhex(r) for r in rows)).hexdigest()
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and set(value) <= _HEX
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """What a server signs for one step: `(swarm, session, step, span, inputs, outputs)`."""
+
+    swarm: str
+    session: str  # the inference session id; "" for a stateless Forward
+    step: int
+    start: int
+    end: int
+    inputs: str  # input chain after this step
+    outputs: str  # output_root of the output's rows
+    server: str  # the signer's Ed25519 public key, hex (its ledger account)
+    signature: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("swarm", "inputs", "outputs", "server"):
+            if not _is_hex(getattr(self, name), 64):
+                raise BadCommitment(f"commitment {name} must be 64 hex digits")
+        if not isinstance(self.session, str) or len(self.session) > 64:
+            raise BadCommitment("commitment session must be a string of at most 64 characters")
+        for name in ("step", "start", "end"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise BadCommitment(f"commitment {name} must be a whole number")
+        if not self.start < self.end:
+            raise BadCommitment("commitment span must have start < end")
+        if self.signature and not _is_hex(self.signature, 128):
+            raise BadCommitment("commitment signature must be 128 hex digits")
+
+    def payload(self) -> bytes:
+        """The bytes the server signs."""
+        body = {
+            "end": self.end,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "server": self.server,
+            "session": self.session,
+            "start": self.start,
+            "step": self.step,
+            "swarm": self.swarm,
+        }
+        return DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed(self, identity: Identity) -> Commitment:
+        """This commitment signed by `identity`, which must be `server`."""
+        if identity.public_bytes.hex() != self.server:
+            raise BadCommitment("a server can only sign its own commitments")
+        signature = identity.sign(self.payload()).hex()
+        return Commitment(**{**self.to_json(), "signature": signature})
+
+    def verify(self) -> None:
+        """Raise `BadCommitment` unless `signature` is `server`'s over `payload()`."""
+        if not self.signature:
+            raise BadCommitment("the commitment is not signed")
+        key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.server))
+        try:
+            key.verify(bytes.fromhex(self.signature), self.payload())
+        except _BadSignature:
+            raise BadCommitment(
+                f"commitment for step {self.step} has a bad signature by {self.server[:12]}"
+            ) from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "swarm": self.swarm,
+            "session": self.session,
+            "step": self.step,
+            "start": self.start,
+            "end": self.end,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "server": self.server,
+            "signature": self.signature,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Commitment:
+        """A commitment from `to_json()` output; `BadCommitment` for anything else."""
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise BadCommitment("a commitment is an object with exactly its nine fields")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BadCommitment(f"malformed commitment: {exc}") from None
