@@ -3,8 +3,8 @@
 Every `StepResult` and `ForwardResult` carries the server's Ed25519 signature
 over a `Commitment`::
 
-    DOMAIN || canonical JSON {"end", "inputs", "outputs", "session", "start",
-                              "step", "swarm"}
+    DOMAIN || canonical JSON {"dtype", "end", "inputs", "outputs", "server",
+                              "session", "start", "step", "swarm"}
 
 - `inputs` is the session's **input chain** after this step:
   `sha256(previous chain || sha256(tensor bytes of this step's input))`,
@@ -91,6 +91,7 @@ class Commitment:
     end: int
     inputs: str  # input chain after this step
     outputs: str  # output_root of the output's rows
+    dtype: str  # the dtype the server computed in (sets the comparison's tolerance)
     server: str  # the signer's Ed25519 public key, hex (its ledger account)
     signature: str = ""
 
@@ -104,6 +105,8 @@ class Commitment:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadCommitment(f"commitment {name} must be a whole number")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise BadCommitment(f"commitment dtype {self.dtype!r} is not a compute dtype")
         if not self.start < self.end:
             raise BadCommitment("commitment span must have start < end")
         if self.signature and not _is_hex(self.signature, 128):
@@ -112,6 +115,7 @@ class Commitment:
     def payload(self) -> bytes:
         """The bytes the server signs."""
         body = {
+            "dtype": self.dtype,
             "end": self.end,
             "inputs": self.inputs,
             "outputs": self.outputs,
@@ -151,6 +155,7 @@ class Commitment:
             "end": self.end,
             "inputs": self.inputs,
             "outputs": self.outputs,
+            "dtype": self.dtype,
             "server": self.server,
             "signature": self.signature,
         }
@@ -159,7 +164,7 @@ class Commitment:
     def from_json(cls, data: object) -> Commitment:
         """A commitment from `to_json()` output; `BadCommitment` for anything else."""
         if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
-            raise BadCommitment("a commitment is an object with exactly its nine fields")
+            raise BadCommitment("a commitment is an object with exactly its ten fields")
         try:
             return cls(**data)
         except TypeError as exc:

@@ -22,9 +22,12 @@ field objects) and `tensors` lists its tensor fields in declaration order.
 Messages, by exchange:
 
     OpenSession(session_id, start, end, max_length)     -> SessionOpened(same fields)
-    InferenceStep(session_id, step, position, hidden)   -> StepResult(session_id, step, hidden)
-    CloseSession(session_id)                            -> SessionClosed(session_id)
-    Forward(start, end, hidden)                         -> ForwardResult(hidden)
+    InferenceStep(session_id, step, position, hidden)   -> StepResult(session_id, step, hidden,
+                                                                      swarm, dtype, signature)
+    CloseSession(session_id, tokens, receipt)           -> SessionClosed(session_id, recorded)
+    Forward(start, end, hidden)                         -> ForwardResult(hidden, swarm, dtype,
+                                                                         signature)
+    Dispute(evidence, history, outputs, checked)        -> Verdict(case, guilty, entries, message)
     Echo(payload)                                       -> Echo(payload)
     InfoRequest()                                       -> ServerInfo(...)
     SwarmRequest()                                      -> SwarmView(servers)
@@ -34,6 +37,9 @@ Messages, by exchange:
     AccountRequest(account, history, before_seq)        -> AccountReply(account, balance, seq,
                                                              head, frozen, receivable, history)
     any request                                         -> ErrorReply(code, message)
+
+A result's `signature` signs a `potluck.verify.Commitment` that the receiver
+rebuilds from what it sent and received (see `potluck.verify.commitment`).
 
 Every message is a frozen dataclass that validates itself on construction and
 raises `MessageError` (or `TensorError` for a bad tensor), so a decoded message
@@ -68,6 +74,7 @@ __all__ = [
     "AccountReply",
     "AccountRequest",
     "CloseSession",
+    "Dispute",
     "Echo",
     "ErrorReply",
     "Forward",
@@ -86,6 +93,7 @@ __all__ = [
     "StepResult",
     "SwarmRequest",
     "SwarmView",
+    "Verdict",
     "decode_message",
     "encode_message",
     "expect",
@@ -129,6 +137,15 @@ def _check_int(name: str, value: object, low: int, high: int = _MAX_INT64) -> in
 
 
 _SIGNATURE = re.compile(r"(?:[0-9a-f]{128})?")
+_SWARM = re.compile(r"(?:[0-9a-f]{64})?")
+
+
+def _check_commitment_fields(swarm: object, signature: object) -> None:
+    """A result's commitment: the swarm id and the server's signature (both or neither)."""
+    if not isinstance(swarm, str) or _SWARM.fullmatch(swarm) is None:
+        raise MessageError("swarm must be empty or 64 lowercase hex digits")
+    if not isinstance(signature, str) or _SIGNATURE.fullmatch(signature) is None:
+        raise MessageError("signature must be empty or 128 lowercase hex digits")
 
 
 def _check_str(name: str, value: object, max_len: int, min_len: int = 1) -> None:
@@ -159,6 +176,11 @@ def _check_hidden(value: object) -> None:
         raise TensorError(f"hidden must be one of {_HIDDEN_DTYPES}, got {meta.dtype}")
     if len(meta.shape) != 3 or min(meta.shape) < 1:
         raise TensorError(f"hidden must have shape (batch, seq, hidden) >= 1, got {meta.shape}")
+
+
+def _check_dtype(value: object) -> None:
+    if value not in _HIDDEN_DTYPES:
+        raise MessageError(f"dtype must be one of {_HIDDEN_DTYPES}, got {_show(value)}")
 
 
 def _float_field(name: str, value: object, *, minimum: float | None = None) -> float:
@@ -272,31 +294,48 @@ class StepResult(Message):
     session_id: str
     step: int
     hidden: torch.Tensor  # (batch, seq, hidden)
+    swarm: str = ""  # the swarm id the commitment is for
+    dtype: str = "float32"  # the dtype the server computed in
+    signature: str = ""  # the server's signature over the step's Commitment
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_int("step", self.step, 0)
         _check_hidden(self.hidden)
+        _check_commitment_fields(self.swarm, self.signature)
+        _check_dtype(self.dtype)
 
 
 @dataclass(frozen=True)
 class CloseSession(Message):
-    """Ask the server to drop the session and free its cache."""
+    """Ask the server to drop the session and free its cache.
+
+    With `receipt`, the client's signature over a usage receipt for `tokens`
+    tokens through the session's blocks (`potluck.ledger.economy`), which
+    the server records in the ledger."""
 
     session_id: str
+    tokens: int = 0
+    receipt: str = ""
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
+        _check_int("tokens", self.tokens, 0)
+        if not isinstance(self.receipt, str) or _SIGNATURE.fullmatch(self.receipt) is None:
+            raise MessageError("receipt must be empty or 128 lowercase hex digits")
 
 
 @dataclass(frozen=True)
 class SessionClosed(Message):
-    """The server dropped the session."""
+    """The server dropped the session; `recorded` if it took the usage receipt."""
 
     session_id: str
+    recorded: bool = False
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
+        if not isinstance(self.recorded, bool):
+            raise MessageError("recorded must be a boolean")
 
 
 @dataclass(frozen=True, eq=False)
@@ -316,14 +355,19 @@ class Forward(Message):
 
 @dataclass(frozen=True, eq=False)
 class ForwardResult(Message):
-    """The hidden states after a `Forward`."""
+    """The hidden states after a `Forward`, with the server's commitment."""
 
     _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
 
     hidden: torch.Tensor  # (batch, seq, hidden)
+    swarm: str = ""
+    dtype: str = "float32"
+    signature: str = ""
 
     def __post_init__(self) -> None:
         _check_hidden(self.hidden)
+        _check_commitment_fields(self.swarm, self.signature)
+        _check_dtype(self.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,10 +412,15 @@ class ServerInfo(Message):
     expires_at: float  # unix time after which this announcement is stale
     load: int = 0  # inference sessions open on the server when it announced
     bandwidth: float = 0.0  # bytes/s the server measured to a peer (0: not measured)
+    validator: bool = False  # a validator: a spot-checker and referee, not a route hop
+    dtype: str = "float32"  # the dtype the server computes in
     signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
 
     def __post_init__(self) -> None:
         _check_str("peer_id", self.peer_id, _MAX_PEER_ID)
+        if not isinstance(self.validator, bool):
+            raise MessageError("validator must be a boolean")
+        _check_dtype(self.dtype)
         if not isinstance(self.addrs, tuple) or len(self.addrs) > MAX_ADDRS:
             raise MessageError(f"addrs must be a tuple of at most {MAX_ADDRS} strings")
         for addr in self.addrs:
@@ -396,9 +445,10 @@ class ServerInfo(Message):
 
 @dataclass(frozen=True)
 class SwarmView(Message):
-    """The servers a peer knows about."""
+    """The servers a peer knows about, and the peers its ledger shows slashed."""
 
     servers: tuple[ServerInfo, ...]
+    excluded: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.servers, tuple) or len(self.servers) > MAX_SERVERS:
@@ -406,9 +456,16 @@ class SwarmView(Message):
         for server in self.servers:
             if not isinstance(server, ServerInfo):
                 raise MessageError(f"servers must hold ServerInfo, got {type(server).__name__}")
+        if not isinstance(self.excluded, tuple) or len(self.excluded) > MAX_SERVERS:
+            raise MessageError(f"excluded must be a tuple of at most {MAX_SERVERS} peer ids")
+        for peer in self.excluded:
+            _check_str("excluded[]", peer, _MAX_PEER_ID)
 
     def _json_fields(self) -> dict[str, object]:
-        return {"servers": [server._json_fields() for server in self.servers]}
+        return {
+            "servers": [server._json_fields() for server in self.servers],
+            "excluded": list(self.excluded),
+        }
 
     @classmethod
     def _from_json_fields(
@@ -417,7 +474,10 @@ class SwarmView(Message):
         servers = fields["servers"]
         if not isinstance(servers, list) or len(servers) > MAX_SERVERS:
             raise MessageError(f"servers must be a list of at most {MAX_SERVERS} objects")
-        return cls(tuple(_build(ServerInfo, server, {}) for server in servers))
+        excluded = fields.get("excluded", [])
+        if not isinstance(excluded, list):
+            raise MessageError("excluded must be a list of peer ids")
+        return cls(tuple(_build(ServerInfo, server, {}) for server in servers), tuple(excluded))
 
 
 @dataclass(frozen=True)
@@ -639,16 +699,69 @@ class AccountReply(Message):
     frozen: bool
     receivable: tuple[tuple[str, str], ...]
     history: tuple[tuple[str, str], ...] = ()
+    slashed: int = 0  # points that validators' slashes took from the balance
 
     def __post_init__(self) -> None:
         _check_hex64("account", self.account)
         _check_int("balance", self.balance, 0)
+        _check_int("slashed", self.slashed, 0)
         _check_int("seq", self.seq, 0)
         _check_hex64("head", self.head)
         if not isinstance(self.frozen, bool):
             raise MessageError("frozen must be a boolean")
         object.__setattr__(self, "receivable", _entries_field(self.receivable))
         object.__setattr__(self, "history", _entries_field(self.history))
+
+
+# --- verification --------------------------------------------------------------
+
+MAX_EVIDENCE_TEXT = 1 << 20
+"""Longest `Dispute.evidence` JSON, in characters."""
+MAX_GUILTY = 16
+
+
+@dataclass(frozen=True, eq=False)
+class Dispute(Message):
+    """Ask a validator to referee a spot-check that failed.
+
+    `evidence` is JSON (see `potluck.verify.referee.Evidence`): the accused's
+    and the checker's commitments and the shape of the session's steps.
+    `history` holds every input of the accused session up to the disputed
+    step, `outputs` the accused's output for that step and `checked` the
+    checker's output for the same positions."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("history", "outputs", "checked")
+
+    evidence: str
+    history: torch.Tensor  # (batch, tokens so far, hidden)
+    outputs: torch.Tensor  # (batch, step tokens, hidden)
+    checked: torch.Tensor  # (batch, step tokens, hidden)
+
+    def __post_init__(self) -> None:
+        _check_str("evidence", self.evidence, MAX_EVIDENCE_TEXT)
+        for name in self._TENSORS:
+            _check_hidden(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Verdict(Message):
+    """A validator's ruling on a `Dispute`: who was wrong, and the ledger entries
+    (hashes) that record it."""
+
+    case: str
+    guilty: tuple[str, ...]  # ledger accounts found wrong (the accused, a checker, the accuser)
+    entries: tuple[str, ...]
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_hex64("case", self.case)
+        for name in ("guilty", "entries"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or len(value) > MAX_GUILTY * 8:
+                raise MessageError(f"{name} must be a short tuple of hex ids")
+            for item in value:
+                _check_hex64(f"{name}[]", item)
+        _check_str("message", self.message, MAX_ERROR_MESSAGE, min_len=0)
 
 
 MESSAGE_TYPES: Mapping[str, type[Message]] = {
@@ -672,6 +785,8 @@ MESSAGE_TYPES: Mapping[str, type[Message]] = {
     "LedgerSyncReply": LedgerSyncReply,
     "AccountRequest": AccountRequest,
     "AccountReply": AccountReply,
+    "Dispute": Dispute,
+    "Verdict": Verdict,
 }
 """Every message class by its wire name (the `type` in the header)."""
 

@@ -32,6 +32,7 @@ from potluck.wire import (
     AccountReply,
     AccountRequest,
     CloseSession,
+    Dispute,
     Echo,
     ErrorReply,
     Forward,
@@ -52,6 +53,7 @@ from potluck.wire import (
     SwarmRequest,
     SwarmView,
     TensorMeta,
+    Verdict,
     decode_message,
     encode_frame,
     encode_message,
@@ -97,6 +99,8 @@ def server_infos(draw: st.DrawFn) -> ServerInfo:
         expires_at=draw(finite),
         load=draw(st.integers(0, 2**63 - 1)),
         bandwidth=draw(st.floats(min_value=0.0, allow_infinity=False)),
+        validator=draw(st.booleans()),
+        dtype=draw(st.sampled_from(["float32", "bfloat16"])),
     )
 
 
@@ -114,6 +118,8 @@ def forwards(draw: st.DrawFn) -> Forward:
 
 
 hex64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+signatures = st.from_regex(r"[0-9a-f]{128}", fullmatch=True) | st.just("")
+dtypes = st.sampled_from(["float32", "bfloat16", "float16"])
 wire_entries = st.lists(
     st.tuples(
         st.text(min_size=2, max_size=40),
@@ -136,16 +142,24 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
     OpenSession: span_messages(OpenSession),
     SessionOpened: span_messages(SessionOpened),
     InferenceStep: st.builds(InferenceStep, session_ids, steps, steps, hidden_states()),
-    StepResult: st.builds(StepResult, session_ids, steps, hidden_states()),
-    CloseSession: st.builds(CloseSession, session_ids),
-    SessionClosed: st.builds(SessionClosed, session_ids),
+    StepResult: st.builds(
+        StepResult, session_ids, steps, hidden_states(), hex64 | st.just(""), dtypes, signatures
+    ),
+    CloseSession: st.builds(CloseSession, session_ids, steps, signatures),
+    SessionClosed: st.builds(SessionClosed, session_ids, st.booleans()),
     Forward: forwards(),
-    ForwardResult: st.builds(ForwardResult, hidden_states()),
+    ForwardResult: st.builds(
+        ForwardResult, hidden_states(), hex64 | st.just(""), dtypes, signatures
+    ),
     Echo: st.integers(0, 64).map(lambda n: Echo(torch.randn(n))),
     InfoRequest: st.just(InfoRequest()),
     SwarmRequest: st.just(SwarmRequest()),
     ServerInfo: server_infos(),
-    SwarmView: st.builds(SwarmView, st.lists(server_infos(), max_size=3).map(tuple)),
+    SwarmView: st.builds(
+        SwarmView,
+        st.lists(server_infos(), max_size=3).map(tuple),
+        st.lists(st.text(min_size=1, max_size=20), max_size=2).map(tuple),
+    ),
     ErrorReply: st.builds(
         ErrorReply,
         st.from_regex(r"[a-z_]{1,64}", fullmatch=True),
@@ -179,6 +193,17 @@ MESSAGE_STRATEGIES: dict[type[Message], st.SearchStrategy[Message]] = {
         st.booleans(),
         wire_entries,
         wire_entries,
+        st.integers(0, 2**53),
+    ),
+    Dispute: st.builds(
+        Dispute, st.text(min_size=1, max_size=80), hidden_states(), hidden_states(), hidden_states()
+    ),
+    Verdict: st.builds(
+        Verdict,
+        hex64,
+        st.lists(hex64, max_size=3).map(tuple),
+        st.lists(hex64, max_size=3).map(tuple),
+        st.text(max_size=80),
     ),
 }
 messages = st.one_of(*MESSAGE_STRATEGIES.values())
@@ -368,8 +393,9 @@ def test_mutated_headers_decode_or_raise_wire_error(msg: Message, data: st.DataO
 
 
 def test_valid_header_shuffled_keys_still_decode() -> None:
-    payload = join({"tensors": [], "type": "CloseSession", "fields": {"session_id": "ab"}})
-    assert decode_message(payload) == CloseSession("ab")
+    fields = {"tokens": 3, "receipt": "", "session_id": "ab"}
+    payload = join({"tensors": [], "type": "CloseSession", "fields": fields})
+    assert decode_message(payload) == CloseSession("ab", 3)
 
 
 def forward_header(**fields: Any) -> dict[str, Any]:
