@@ -104,6 +104,10 @@ def node_start(
     checkpoint_interval: Annotated[
         float, typer.Option(help=_HELP["checkpoint_interval"])
     ] = _DEFAULT.checkpoint_interval,
+    probe_interval: Annotated[
+        float, typer.Option(help=_HELP["probe_interval"])
+    ] = _DEFAULT.probe_interval,
+    cheat: Annotated[str | None, typer.Option(help=_HELP["cheat"])] = None,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -146,6 +150,8 @@ def node_start(
         ledger_page=ledger_page,
         ledger_max_pending=ledger_max_pending,
         checkpoint_interval=checkpoint_interval,
+        probe_interval=probe_interval,
+        cheat=cheat,
     )
 
     def ready(server: object) -> None:

@@ -35,6 +35,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
 from potluck.client.session import FailoverPolicy, InferenceSession
+from potluck.client.spotcheck import SpotChecker
 from potluck.client.swarm import SwarmClient
 from potluck.errors import ConfigError
 from potluck.model import ClientHead, load_config, model_identity, num_blocks, resolve_model
@@ -90,12 +91,18 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         runtime: ClientRuntime,
         swarm: SwarmClient,
         failover: FailoverPolicy | None = None,
+        spot_checker: SpotChecker | None = None,
+        swarm_id: str | None = None,
     ) -> None:
         super().__init__(config)
         self.head = head
         self.runtime = runtime
         self.swarm = swarm
         self.failover = failover or FailoverPolicy()
+        #: Re-runs a sampled fraction of steps elsewhere (None: no spot-checks).
+        self.spot_checker = spot_checker
+        #: The swarm's id from its genesis, when the client was given one.
+        self.swarm_id = swarm_id
         vocab, hidden = head.embed_weight.shape
         self._embeddings = nn.Embedding(vocab, hidden, _weight=head.embed_weight, _freeze=True)
         self._active: RemoteCache | None = None
@@ -186,7 +193,15 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
     def _open_session(self, *, max_length: int) -> InferenceSession:
         route = self.route(max_length=max_length)
-        return InferenceSession(self.runtime, self.swarm, route, max_length, policy=self.failover)
+        return InferenceSession(
+            self.runtime,
+            self.swarm,
+            route,
+            max_length,
+            policy=self.failover,
+            checker=self.spot_checker,
+            swarm_id=self.swarm_id,
+        )
 
     @contextmanager
     def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:
@@ -223,6 +238,8 @@ class AutoDistributedModelForCausalLM:
         max_failovers: int = 8,
         identity: Identity | None = None,
         dtype: torch.dtype = torch.float32,
+        genesis: str | Path | None = None,
+        spot_check_rate: float | None = None,
     ) -> DistributedModelForCausalLM:
         """Load the client's share of a model and join the swarm through `initial_peers`.
 
@@ -231,6 +248,15 @@ class AutoDistributedModelForCausalLM:
         `route_timeout` bounds the wait for servers covering the model;
         a hop slower than `step_timeout` for one step is replaced, as is one
         that dies or errs, up to `max_failovers` times per step.
+
+        With the swarm's `genesis` file, servers' commitments must be for that
+        swarm, validators are recognised by their genesis keys, a fraction
+        `spot_check_rate` of steps (default: the genesis's `spot_check_rate`)
+        is re-run on a second server, and every server that was not found
+        wrong gets a usage receipt signed with `identity` when a session
+        closes. Without a genesis, `spot_check_rate` (default 0) still
+        spot-checks, and servers found wrong are excluded from this client's
+        routes.
         """
         path = resolve_model(str(name_or_path))
         config = load_config(path)
@@ -246,8 +272,31 @@ class AutoDistributedModelForCausalLM:
         policy = FailoverPolicy(
             step_timeout=step_timeout, route_timeout=route_timeout, max_failovers=max_failovers
         )
+        validators: tuple[str, ...] | None = None
+        swarm_id = None
+        rate = spot_check_rate
+        if genesis is not None:
+            from potluck.ledger.genesis import Genesis
+
+            swarm_genesis = Genesis.load(Path(genesis))
+            if swarm_genesis.model_identity != swarm.model_id:
+                raise ConfigError(
+                    f"swarm {swarm_genesis.name!r} runs model {swarm_genesis.model_name}, "
+                    f"not {name_or_path}"
+                )
+            validators, swarm_id = swarm_genesis.validators, swarm_genesis.swarm_id
+            rate = swarm_genesis.economy.spot_check_rate if rate is None else rate
+        checker = None
+        if rate:
+            checker = SpotChecker(rate, swarm=swarm, validators=validators, swarm_id=swarm_id)
         model = DistributedModelForCausalLM(
-            config, head=head, runtime=runtime, swarm=swarm, failover=policy
+            config,
+            head=head,
+            runtime=runtime,
+            swarm=swarm,
+            failover=policy,
+            spot_checker=checker,
+            swarm_id=swarm_id,
         )
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)

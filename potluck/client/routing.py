@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from potluck.errors import NoRouteError
+from potluck.p2p.announce import account_of_peer
 from potluck.wire import ServerInfo
 
 #: Cost of one network hop, in seconds, before its RTT is measured.
@@ -51,6 +52,11 @@ class Hop:
     @property
     def peer_id(self) -> str:
         return self.server.peer_id
+
+    @property
+    def server_account(self) -> str:
+        """The server's ledger account (the public key its peer ID embeds)."""
+        return account_of_peer(self.server.peer_id)
 
 
 def hop_cost(

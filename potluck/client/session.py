@@ -9,6 +9,12 @@ given the whole history as one prefill.
 When a hop fails, the session replaces it (see `InferenceSession`). The
 async classes run on the client's trio thread; `InferenceSession` is the
 synchronous face used by generation code.
+
+Every step's reply must carry the server's signed commitment, which the
+client checks (`potluck.client.spotcheck.verify_step`); a bad one counts as
+a failed hop. With a `SpotChecker`, sampled steps are re-run elsewhere when
+the session closes, and, with a ledger swarm, each server that was not found
+wrong gets the client's signed usage receipt in its `CloseSession`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import trio
 
 from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
+from potluck.client.spotcheck import Sample, SpotChecker, verify_step
 from potluck.client.swarm import SwarmClient
 from potluck.errors import (
+    BadCommitment,
     MessageError,
     NetworkError,
     NoRouteError,
@@ -37,9 +45,12 @@ from potluck.errors import (
     TensorError,
     remote_error,
 )
+from potluck.ledger.economy import receipt_payload
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
+from potluck.p2p.identity import Identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
+from potluck.verify.commitment import ZERO_CHAIN, chain_inputs
 from potluck.wire import (
     CloseSession,
     ErrorReply,
@@ -71,7 +82,14 @@ def _check_reply(reply: Message | None, expected: type[Message], peer: str) -> M
 class HopSession:
     """One server's part of an inference session (async, on the trio thread)."""
 
-    def __init__(self, hop: Hop, max_length: int) -> None:
+    def __init__(
+        self,
+        hop: Hop,
+        max_length: int,
+        *,
+        checker: SpotChecker | None = None,
+        swarm_id: str | None = None,
+    ) -> None:
         self.hop = hop
         self.max_length = max_length
         self.session_id = secrets.token_hex(16)
@@ -79,6 +97,12 @@ class HopSession:
         self.step = 0
         self.position = 0
         self.history: list[torch.Tensor] = []  # inputs sent, for replay
+        self.steps: list[int] = []  # tokens in each step
+        self.chain = ZERO_CHAIN  # input chain of the steps so far (the server signs it)
+        self.samples: list[Sample] = []  # sampled replies awaiting the spot-check
+        self.checker = checker
+        self.swarm_id = swarm_id
+        self.swarm: str = ZERO_CHAIN  # the swarm the server signs for
         self.failed = False  # set when a call to this server raised
 
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -115,17 +139,48 @@ class HopSession:
                 f"server {self.hop.peer_id} answered step {reply.step} with shape "
                 f"{tuple(reply.hidden.shape)} for step {self.step} of shape {tuple(hidden.shape)}"
             )
+        chain = chain_inputs(self.chain, hidden)
+        verify_step(
+            reply,
+            peer_id=self.hop.peer_id,
+            start=self.hop.start,
+            end=self.hop.end,
+            inputs=chain,
+            swarm=self.swarm_id,
+            dtype=self.hop.server.dtype,
+        )
+        if self.checker is not None:
+            self.checker.sample(self, reply)
+        self.swarm = reply.swarm or ZERO_CHAIN
+        self.chain = chain
         self.history.append(hidden)
+        self.steps.append(hidden.shape[1])
         self.step += 1
         self.position += hidden.shape[1]
         return reply.hidden
 
-    async def close(self) -> None:
+    def receipt(self, identity: Identity) -> tuple[int, str]:
+        """`(tokens, signature)` of this client's usage receipt for the server."""
+        tokens = self.position * (self.history[0].shape[0] if self.history else 1)
+        payload = receipt_payload(
+            swarm=self.swarm,
+            session=self.session_id,
+            server=self.hop.server_account,
+            client=identity.public_bytes.hex(),
+            tokens=tokens,
+            start=self.hop.start,
+            end=self.hop.end,
+        )
+        return tokens, identity.sign(payload).hex()
+
+    async def close(self, receipt: tuple[int, str] | None = None) -> None:
+        """Close the session, handing over a signed usage receipt if given."""
         stream, self.stream = self.stream, None
         if stream is None:
             return
+        tokens, signature = receipt or (0, "")
         with contextlib.suppress(PotluckError), trio.move_on_after(5):
-            await stream.send(CloseSession(self.session_id))
+            await stream.send(CloseSession(self.session_id, tokens, signature))
             await stream.receive()
         await stream.close()
 
@@ -149,7 +204,7 @@ class FailoverPolicy:
 
 
 #: Errors after which a hop is replaced: the peer, not our input, is at fault.
-_HOP_FAILURES = (NetworkError, RemoteError, MessageError, TensorError)
+_HOP_FAILURES = (NetworkError, RemoteError, MessageError, TensorError, BadCommitment)
 
 
 class InferenceSession:
@@ -170,12 +225,18 @@ class InferenceSession:
         max_length: int,
         *,
         policy: FailoverPolicy | None = None,
+        checker: SpotChecker | None = None,
+        swarm_id: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.swarm = swarm
         self.max_length = max_length
         self.policy = policy or FailoverPolicy()
-        self.hops = [HopSession(hop, max_length) for hop in route]
+        self.checker = checker
+        self.swarm_id = swarm_id
+        self.hops = [self._hop_session(hop) for hop in route]
+        #: Servers the session's spot-checks found wrong (peer IDs).
+        self.guilty: set[str] = set()
         self.position = 0
         self.failovers = 0
         self._budget = self.policy.max_failovers  # failed servers still allowed this step
@@ -185,6 +246,9 @@ class InferenceSession:
         except BaseException:
             self.close()
             raise
+
+    def _hop_session(self, hop: Hop) -> HopSession:
+        return HopSession(hop, self.max_length, checker=self.checker, swarm_id=self.swarm_id)
 
     @property
     def route(self) -> list[Hop]:
@@ -263,7 +327,7 @@ class InferenceSession:
                 )
             except NoRouteError as none:  # say why the servers we had are gone
                 raise NoRouteError(f"{none}; the last server failure: {last}") from last
-            fresh = [HopSession(hop, self.max_length) for hop in route]
+            fresh = [self._hop_session(hop) for hop in route]
             try:
                 replay = history
                 for hop in fresh:
@@ -299,10 +363,15 @@ class InferenceSession:
         return out
 
     async def _close(self) -> None:
+        if self.checker is not None:
+            live = [hop for hop in self.hops if not hop.failed and hop.stream is not None]
+            self.guilty = await self.checker.check(self.runtime.host, live)
+        identity = self.runtime.identity
         for hop in self.hops:
             if hop.step and not hop.failed:  # served us well: its past failures are forgiven
                 self.swarm.banlist.forgive(hop.hop.peer_id)
-            await hop.close()
+            paid = hop.step and hop.swarm != ZERO_CHAIN and hop.hop.peer_id not in self.guilty
+            await hop.close(hop.receipt(identity) if paid else None)
 
     def close(self) -> None:
         if self._closed:

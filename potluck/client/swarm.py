@@ -7,6 +7,10 @@ RTTs. Peers that fail are banned for a while (`routing.Banlist`); a server
 that does not answer the RTT probe is banned before any session tries it.
 `wait_for_route` keeps refreshing until the servers cover the blocks asked
 for, or the time limit passes (then `NoRouteError` names the missing block).
+
+Validators are never route hops (they check and referee). Servers that the
+client's spot-checks proved wrong, or that an initial peer's ledger shows
+slashed (`SwarmView.excluded`), are excluded for good.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from potluck.p2p.discovery import PeerTable
 from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, parse_multiaddr
 from potluck.p2p.protocols import PROTOCOL_RPC
-from potluck.wire import InfoRequest, ServerInfo, SwarmRequest
+from potluck.wire import InfoRequest, ServerInfo, SwarmRequest, SwarmView
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +67,35 @@ class SwarmClient:
         self.view_failures: dict[str, str] = {}
         self.payload_bytes = payload_bytes  # hidden-state bytes of one token
         self._rtt_at: dict[str, float] = {}
+        #: Peers excluded for good: proven wrong, or slashed on an initial peer's ledger.
+        self.excluded: set[str] = set()
 
     def ban(self, peer_id: str) -> None:
         until = self.banlist.ban(peer_id, self.clock())
         log.info("banned %s for %.0f s", peer_id, until - self.clock())
 
-    def servers(self) -> list[ServerInfo]:
-        """Live, unbanned servers of this model."""
+    def exclude(self, peer_id: str) -> None:
+        """Never route through `peer_id` again."""
+        if peer_id not in self.excluded:
+            log.warning("excluded %s from routes", peer_id)
+        self.excluded.add(peer_id)
+
+    def _on_view(self, peer_id: str, view: SwarmView) -> None:
+        if peer_id in dict(self.initial_peers):  # only peers the user chose may exclude
+            for excluded in view.excluded:
+                self.exclude(excluded)
+
+    def servers(self, *, include_validators: bool = False) -> list[ServerInfo]:
+        """Live, unbanned, unexcluded servers of this model (validators only if asked)."""
         now = self.clock()
         banned = self.banlist.banned(now)
         return [
-            s for s in self.table.live(now) if s.model == self.model_id and s.peer_id not in banned
+            s
+            for s in self.table.live(now)
+            if s.model == self.model_id
+            and s.peer_id not in banned
+            and s.peer_id not in self.excluded
+            and (include_validators or not s.validator)
         ]
 
     async def refresh(self, host: PotluckHost) -> None:
@@ -90,6 +112,7 @@ class SwarmClient:
             clock=self.clock,
             timeout=self.request_timeout,
             failures=self.view_failures,
+            on_view=self._on_view,
         )
         await self.measure_rtts(host)
 

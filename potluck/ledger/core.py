@@ -30,19 +30,35 @@ Finality
 --------
 An entry is final once a majority of validators' latest checkpoints include
 it: their frontier for its author is at or past its seq on its branch.
+
+Slashes
+-------
+A validator's `slash` entry names an account, an `amount` and the
+`evidence.case` it judged. An account's `slashed` points are the sum, over
+the distinct cases among the genesis validators' slashes against it, of the
+largest amount for that case (several validators slashing one case take
+the points once; a slash with no case is a case of its own). They are a
+function of the stored set like everything above. `balance` stays the chain's
+balance as its entries write it; `available` = balance - slashed, which is
+negative while the account owes. A wallet's own `send` or `ticket` for more
+than `available` is refused on submission (`InsufficientBalance`); relayed
+entries are judged by the chain rules alone, so replicas converge whatever
+order slashes and spends reach them in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from potluck.errors import (
     ForgedEntry,
+    InsufficientBalance,
     LedgerError,
     MissingDependency,
     ReplayedEntry,
@@ -51,7 +67,7 @@ from potluck.errors import (
     UnknownSource,
     WrongSwarm,
 )
-from potluck.ledger.entry import TRANSFER_KINDS, ZERO_HASH, Entry, verify_batch
+from potluck.ledger.entry import DEBIT_KINDS, TRANSFER_KINDS, ZERO_HASH, Entry, verify_batch
 from potluck.ledger.genesis import Genesis
 from potluck.ledger.rules import check_entry
 
@@ -88,13 +104,22 @@ def xor_hex(a: str, b: str) -> str:
 
 @dataclass(frozen=True)
 class AccountState:
-    """An account as the ledger sees it."""
+    """An account as the ledger sees it.
+
+    `balance` is the chain's balance as its head entry writes it; `slashed`
+    the points validators' slashes took (see the module docstring)."""
 
     account: str
     balance: int
     seq: int
     head: str
     frozen: bool
+    slashed: int = 0
+
+    @property
+    def available(self) -> int:
+        """What the account may spend: balance - slashed (negative: a debt)."""
+        return self.balance - self.slashed
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,7 @@ class LedgerState:
     balances: dict[str, int]
     frontier: dict[str, tuple[int, str]]
     forks: frozenset[Fork]
+    slashed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,6 +171,25 @@ class Backend(Protocol):
     def all_hashes(self) -> set[str]: ...
     def summary(self) -> dict[str, AuthorSummary]: ...
     def chain(self, author: str, after_seq: int, limit: int) -> list[Entry]: ...
+    def by_kind(self, kind: str, since_time: int = 0) -> list[Entry]: ...
+    def slashes_of(self, account: str) -> list[Entry]: ...
+
+
+def slashed_points(slashes: Iterable[Entry], validators: frozenset[str]) -> int:
+    """Points `slashes` (against one account) take: over the distinct `evidence.case`
+    values among those written by `validators`, the largest `amount` of each case.
+    A slash whose `evidence.case` is missing or not a string is a case of its own;
+    one without an amount takes 0."""
+    largest: dict[str, int] = {}
+    for entry in slashes:
+        if entry.kind != "slash" or entry.author not in validators:
+            continue
+        evidence = entry.body.get("evidence")
+        case = evidence.get("case") if isinstance(evidence, Mapping) else None
+        key = f"case:{case}" if isinstance(case, str) else f"entry:{entry.hash}"
+        amount = entry.body.get("amount", 0)
+        largest[key] = max(largest.get(key, 0), amount if isinstance(amount, int) else 0)
+    return sum(largest.values())
 
 
 class Ledger:
@@ -263,6 +308,12 @@ class Ledger:
             why = f"seq {entry.seq} of {entry.author[:12]} is taken; read the account, sign again"
             self._reject(report, entry, SeqTaken(why))
             return False
+        if submitted and entry.kind in DEBIT_KINDS:
+            balance = previous.balance if previous is not None else 0
+            slashed = self._slashed(entry.author)
+            if entry.amount > balance - slashed:
+                self._reject(report, entry, _slashed_overdraft(entry, balance, slashed))
+                return False
         backend.insert(entry)
         report.accepted.append(entry)
         backend.count("accepted")
@@ -343,9 +394,31 @@ class Ledger:
     # ---- derived state ----------------------------------------------------
 
     def account(self, account: str, *, top: int | None = None) -> AccountState:
-        """Balance and head of an account; a forked account is frozen before its fork.
+        """Balance, head and slashed points of an account; a forked account is
+        frozen before its fork.
 
         `top` is the account's highest seq held, if the caller already knows it."""
+        state = self._chain_state(account, top)
+        slashed = self._slashed(account)
+        return dataclasses.replace(state, slashed=slashed) if slashed else state
+
+    def _slashed(self, account: str) -> int:
+        return slashed_points(self.backend.slashes_of(account), self.validators)
+
+    def slashed(self) -> dict[str, int]:
+        """Points taken from every account that a genesis validator slashed (0 when
+        its slashes named no amount)."""
+        against: dict[str, list[Entry]] = {}
+        for entry in self.backend.by_kind("slash"):
+            if entry.author in self.validators:
+                against.setdefault(str(entry.body["account"]), []).append(entry)
+        return {
+            account: slashed_points(slashes, self.validators)
+            for account, slashes in sorted(against.items())
+        }
+
+    def _chain_state(self, account: str, top: int | None = None) -> AccountState:
+        """The account's state from its chain alone (`slashed` 0)."""
         backend = self.backend
         if top is None:
             top = backend.tips().get(account, 0)
@@ -362,14 +435,15 @@ class Ledger:
         """Every author's undisputed head: `(seq, hash)`."""
         result = {}
         for author, top in self.backend.tips().items():
-            state = self.account(author, top=top)
+            state = self._chain_state(author, top)
             if state.seq:
                 result[author] = (state.seq, state.head)
         return result
 
     def balances(self) -> dict[str, int]:
+        """Every author's chain balance (slashes not taken off: see `slashed`)."""
         tips = self.backend.tips()
-        return {author: self.account(author, top=top).balance for author, top in tips.items()}
+        return {author: self._chain_state(author, top).balance for author, top in tips.items()}
 
     def forks(self) -> list[Fork]:
         return self.backend.forks()
@@ -385,6 +459,7 @@ class Ledger:
             balances=self.balances(),
             frontier=self.frontier(),
             forks=frozenset(self.backend.forks()),
+            slashed=self.slashed(),
         )
 
     def counters(self) -> dict[str, int]:
@@ -412,6 +487,14 @@ class Ledger:
             if current is not None and current.hash == entry.hash:
                 votes += 1
         return votes >= self.genesis.majority
+
+
+def _slashed_overdraft(entry: Entry, balance: int, slashed: int) -> InsufficientBalance:
+    return InsufficientBalance(
+        f"{entry.kind} {entry.author[:12]}#{entry.seq}: spends {entry.amount} but the account"
+        f" was slashed {slashed} points: {balance - slashed} of its balance of {balance}"
+        " are available"
+    )
 
 
 def _dependency_order(entries: list[Entry]) -> list[Entry]:
@@ -454,6 +537,8 @@ class MemoryBackend:
         self._forks: dict[tuple[str, int], Fork] = {}
         self._counters: Counter[str] = Counter()
         self._summary: dict[str, AuthorSummary] = {}
+        self._kinds: dict[str, list[Entry]] = {}
+        self._slashes: dict[str, list[Entry]] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -487,6 +572,9 @@ class MemoryBackend:
         latest = self._latest.get(key)
         if latest is None or (entry.seq, entry.hash) > (latest.seq, latest.hash):
             self._latest[key] = entry
+        self._kinds.setdefault(entry.kind, []).append(entry)
+        if entry.kind == "slash":
+            self._slashes.setdefault(str(entry.body["account"]), []).append(entry)
 
     def record_fork(self, fork: Fork) -> None:
         self._forks[(fork.author, fork.seq)] = fork
@@ -531,3 +619,12 @@ class MemoryBackend:
             found.extend(self._by_hash[h] for h in sorted(self._at.get((author, seq), ())))
             seq += 1
         return found[:limit]
+
+    def by_kind(self, kind: str, since_time: int = 0) -> list[Entry]:
+        """Entries of `kind` with time >= `since_time`, by (time, hash)."""
+        found = [e for e in self._kinds.get(kind, ()) if e.time >= since_time]
+        return sorted(found, key=lambda e: (e.time, e.hash))
+
+    def slashes_of(self, account: str) -> list[Entry]:
+        """Slash entries whose body.account is `account`, by (time, hash)."""
+        return sorted(self._slashes.get(account, ()), key=lambda e: (e.time, e.hash))

@@ -60,6 +60,10 @@ class Economy:
     probe_seconds: int = field(
         default=30, metadata={"help": "Seconds between a validator's probes of each server."}
     )
+    slash_minimum: int = field(
+        default=100,
+        metadata={"help": "Points a slash takes at least, as a debt if the account holds fewer."},
+    )
     dispute_fee: int = field(
         default=10, metadata={"help": "Points a client pays for an accusation found false."}
     )
@@ -68,7 +72,7 @@ class Economy:
     )
 
     def __post_init__(self) -> None:
-        for name in ("grant_amount", "mint_rate", "priority_price", "dispute_fee"):
+        for name in ("grant_amount", "mint_rate", "priority_price", "dispute_fee", "slash_minimum"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise GenesisError(f"economy.{name} must be a whole number >= 0")

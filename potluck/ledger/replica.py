@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_LEDGER = "/potluck/ledger/1.0.0"
 MAX_RECEIVABLE = 1000
+MAX_SLASHED = 2**63 - 1
+"""`AccountReply.slashed` is an int64 on the wire; a larger debt is reported as this."""
 _T = TypeVar("_T")
 
 Peer = tuple[str, tuple[str, ...]]
@@ -333,6 +335,7 @@ class Replica:
             seq=state.seq,
             head=state.head,
             frozen=state.frozen,
+            slashed=min(state.slashed, MAX_SLASHED),
             receivable=tuple(tuple(e.wire()) for e in receivable),  # type: ignore[misc]
             history=tuple(tuple(e.wire()) for e in history),  # type: ignore[misc]
         )

@@ -18,7 +18,8 @@ Schema (hashes and keys are lowercase hex, times are ms since the epoch)
   transfers), `source` (for receives), `raw` (the canonical JSON that the
   hash covers), `signature` and `stored_at`. Indexed by (author, seq),
   (to_account) and (author, source) (partial: rows that have one),
-  (author, kind, seq) and (kind).
+  (author, kind, seq), (kind, time), and the `body.account` of slashes
+  (an expression index on `raw`, partial: slash rows only).
 - ``forks``: one fraud proof per (author, seq): the two smallest hashes.
 - ``authors``: per author, the `AuthorSummary` (top seq, entry count, XOR
   of entry hashes), kept up to date by every insert.
@@ -149,8 +150,21 @@ def _0001_entries(db: sqlite_utils.Database) -> None:
     db.create_table("meta", {"key": str, "value": str}, pk="key", not_null=["value"])
 
 
+_SLASH_ACCOUNT = "json_extract(raw, '$.body.account')"
+_IS_SLASH = "WHERE kind = 'slash'"
+
+
+def _0002_kinds_and_slashes(db: sqlite_utils.Database) -> None:
+    """Entries of a kind by time (receipts of an epoch, every slash) and slashes by
+    the account they name (an expression on `raw`, so no column to fill)."""
+    db.execute("CREATE INDEX entries_kind_time ON entries (kind, time)")
+    db.execute("DROP INDEX entries_kind")  # (kind, time) serves everything (kind) did
+    db.execute(f"CREATE INDEX entries_slash_account ON entries ({_SLASH_ACCOUNT}) {_IS_SLASH}")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("0001_entries", _0001_entries),
+    ("0002_kinds_and_slashes", _0002_kinds_and_slashes),
 ]
 """Every schema change, in order; append new ones, never edit or reorder applied ones."""
 
@@ -244,6 +258,11 @@ _CHAIN = (
 _HISTORY = (
     f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE author = ? AND seq < ?"
     " ORDER BY seq DESC, hash DESC LIMIT ?"
+)
+_BY_KIND = f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE kind = ? AND time >= ? ORDER BY time, hash"
+_SLASHES_OF = (
+    f"SELECT {_ENTRY_COLUMNS} FROM entries INDEXED BY entries_slash_account"
+    f" {_IS_SLASH} AND {_SLASH_ACCOUNT} = ? ORDER BY time, hash"
 )
 _RECENT = f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY rowid DESC LIMIT ?"
 _SCAN = f"SELECT rowid, {_ENTRY_COLUMNS} FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?"
@@ -466,6 +485,14 @@ class SqliteBackend:
         if limit <= 0:
             return []
         return [self._cached_entry(row) for row in self._all(_CHAIN, (author, after_seq, limit))]
+
+    def by_kind(self, kind: str, since_time: int = 0) -> list[Entry]:
+        """Entries of `kind` with time >= `since_time`, by (time, hash)."""
+        return [self._cached_entry(row) for row in self._all(_BY_KIND, (kind, since_time))]
+
+    def slashes_of(self, account: str) -> list[Entry]:
+        """Slash entries whose body.account is `account`, by (time, hash)."""
+        return [self._cached_entry(row) for row in self._all(_SLASHES_OF, (account,))]
 
     # ---- Backend: writes (inside transaction()) ----------------------------
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from potluck.errors import ConfigError, MalformedEntry, PotluckError
-from potluck.ledger.core import Ledger, MemoryBackend
-from potluck.ledger.entry import Entry, decode_entry, verify_fraud_proof
+from potluck.ledger.core import AccountState, Ledger, MemoryBackend, slashed_points
+from potluck.ledger.entry import TRANSFER_KINDS, Entry, decode_entry, verify_fraud_proof
 from potluck.ledger.genesis import Genesis
 from potluck.ledger.store import LEDGER_FILE, SqliteBackend
 from potluck.ledger.wallet import RemoteReplica, Wallet
@@ -95,10 +95,12 @@ def verify(
 
     Each entry is decoded again from its stored bytes (canonical form, body),
     its signature checked, and all of them ingested into a fresh in-memory
-    ledger. The rebuilt ledger must equal the stored one: balances, frontier,
-    forks, the per-author summaries that sync compares and every account's
-    receivable transfers (which the stored `to_account` column answers).
-    Every fraud proof must verify, and SQLite's integrity check must say ok.
+    ledger. The rebuilt ledger must equal the stored one: balances, slashed
+    points (which the slashes' index answers), frontier, forks, the
+    per-author summaries that sync compares and every account's receivable
+    transfers (which the stored `to_account` column answers).
+    Every fraud proof must verify, the stored balances and slashes must add up
+    (`audit_balances`), and SQLite's integrity check must say ok.
     `advance(done, total)` reports progress.
     """
     report = VerifyReport()
@@ -134,6 +136,10 @@ def verify(
         if fresh.pending:
             report.bad.append(f"{fresh.pending} entries depend on entries that are not stored")
         report.bad.extend(_compare(stored, fresh))
+        try:
+            report.bad.extend(audit_balances(stored).problems)
+        except (PotluckError, ValueError, AssertionError) as exc:  # indexes naming missing rows
+            report.bad.append(f"the balances cannot be audited: {exc!r}")
         for fork in fresh.forks():
             verify_fraud_proof(*fresh.fraud_proof(fork), swarm=genesis.swarm_id)
             report.forks_checked += 1
@@ -145,7 +151,7 @@ def _compare(stored: Ledger, fresh: Ledger) -> list[str]:
     problems = []
     try:
         if fresh.state() != stored.state():
-            problems.append("the stored balances, frontier or forks differ from a rebuild")
+            problems.append("the stored balances, slashes, frontier or forks differ from a rebuild")
     except (PotluckError, ValueError, AssertionError) as exc:  # indexes naming missing rows
         problems.append(f"the stored indexes are inconsistent: {exc!r}")
         return problems
@@ -161,6 +167,157 @@ def _compare(stored: Ledger, fresh: Ledger) -> list[str]:
         if [e.hash for e in stored.receivable(account)] != want:
             problems.append(f"account {account}: the stored receivable transfers differ")
     return problems
+
+
+@dataclass(frozen=True)
+class AccountAudit:
+    """One account's points, recomputed from the entries of its chain.
+
+    `grants_received`, `mints_received` and `sends_received` (sends and
+    tickets) are what the chain's receives took, `spent` what its sends and
+    tickets paid; `balance`, `slashed` and `available` are what the ledger
+    reports."""
+
+    account: str
+    grants_received: int
+    mints_received: int
+    sends_received: int
+    spent: int
+    slashed: int
+    balance: int
+    available: int
+
+
+@dataclass
+class BalanceAudit:
+    """What `audit_balances` found: one row per account, totals, and the problems."""
+
+    rows: list[AccountAudit] = field(default_factory=list)
+    granted: int = 0
+    minted: int = 0
+    balances: int = 0
+    unreceived: int = 0
+    disputed: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit_balances(ledger: Ledger) -> BalanceAudit:
+    """Check every balance and slash against the stored entries alone.
+
+    Reads every stored entry (its bytes, not the indexes) and, for every
+    account, walks its chain from the head the ledger reports (the entry
+    before the fork for a frozen account) back to seq 1. It checks:
+
+    - each account's reported balance equals what its chain received (the
+      amounts of the grants, mints, sends and tickets its receives name)
+      minus what it spent (its sends and tickets);
+    - each account's reported `slashed` equals the sum, over the distinct
+      cases of the validators' slashes against it, of each case's largest
+      amount;
+    - conservation: the sum of balances plus the transfers on those chains
+      that their recipient's chain has not received equals the grants plus
+      the mints on those chains, plus the transfers that accounts received
+      from a frozen account's disputed entries (after its fork: `disputed`).
+
+    A ledger whose entries all passed the rules holds all three; `problems`
+    lists each failure, and is empty then.
+    """
+    audit = BalanceAudit()
+    backend = ledger.backend
+    stored = {h: e for h in backend.all_hashes() if (e := backend.get(h)) is not None}
+    chains: dict[str, list[Entry]] = {}
+    states: dict[str, AccountState] = {}
+    slashes: dict[str, list[Entry]] = {}
+    for entry in stored.values():
+        if entry.kind == "slash":
+            slashes.setdefault(str(entry.body["account"]), []).append(entry)
+    accounts = sorted({e.author for e in stored.values()} | set(slashes))
+    for account in accounts:
+        state = ledger.account(account)
+        states[account] = state
+        chain: list[Entry] = []
+        current = stored.get(state.head) if state.seq else None
+        while current is not None:
+            chain.append(current)
+            current = stored.get(current.prev) if current.seq > 1 else None
+        chain.reverse()
+        if [e.seq for e in chain] != list(range(1, state.seq + 1)) or any(
+            e.author != account for e in chain
+        ):
+            audit.problems.append(
+                f"account {account}: its chain from head {state.head[:12]} (seq {state.seq})"
+                " does not lead back to seq 1"
+            )
+        chains[account] = chain
+    on_chains = {e.hash for chain in chains.values() for e in chain}
+    received: set[str] = set()  # each transfer counted once, by its recipient's chain
+    for account in accounts:
+        chain = chains[account]
+        got = {"grant": 0, "mint": 0, "send": 0, "ticket": 0}
+        spent = 0
+        for entry in chain:
+            if entry.kind in ("send", "ticket"):
+                spent += entry.amount
+            elif entry.kind == "receive":
+                source = stored.get(str(entry.source))
+                if source is None or source.to != account:
+                    audit.problems.append(
+                        f"account {account}: receive {entry.hash[:12]} takes"
+                        f" {str(entry.source)[:12]}, which is not a stored transfer to it"
+                    )
+                    continue
+                got[source.kind] += source.amount
+                if source.hash in received:
+                    audit.problems.append(
+                        f"account {account}: receives {source.hash[:12]} more than once"
+                    )
+                received.add(source.hash)
+                if source.hash not in on_chains:
+                    audit.disputed += source.amount
+        state = states[account]
+        slashed = slashed_points(slashes.get(account, ()), ledger.validators)
+        row = AccountAudit(
+            account=account,
+            grants_received=got["grant"],
+            mints_received=got["mint"],
+            sends_received=got["send"] + got["ticket"],
+            spent=spent,
+            slashed=slashed,
+            balance=state.balance,
+            available=state.balance - slashed,
+        )
+        audit.rows.append(row)
+        total = row.grants_received + row.mints_received + row.sends_received - row.spent
+        if total != state.balance:
+            audit.problems.append(
+                f"account {account}: balance {state.balance} is not its receives minus its"
+                f" spending ({total})"
+            )
+        if slashed != state.slashed:
+            audit.problems.append(
+                f"account {account}: slashed {state.slashed} is not what validators' slashes"
+                f" against it take ({slashed})"
+            )
+        audit.balances += state.balance
+    for chain in chains.values():
+        for entry in chain:
+            if entry.kind == "grant":
+                audit.granted += entry.amount
+            elif entry.kind == "mint":
+                audit.minted += entry.amount
+            if entry.kind in TRANSFER_KINDS and entry.hash not in received:
+                audit.unreceived += entry.amount
+    if audit.balances + audit.unreceived != audit.granted + audit.minted + audit.disputed:
+        audit.problems.append(
+            f"points are not conserved: balances {audit.balances} + not received"
+            f" {audit.unreceived} != granted {audit.granted} + minted {audit.minted}"
+            f" + from disputed entries {audit.disputed}"
+        )
+    return audit
 
 
 def export(data_dir: Path, genesis: Genesis, out: TextIO) -> int:

@@ -26,6 +26,7 @@ and freezes the account, so the wallet is careful about it:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -89,13 +90,23 @@ def author_entry(
     now_ms: int,
     source: Entry | None = None,
 ) -> Entry:
-    """The next entry of `identity`'s chain after `state`, with its balance worked out."""
+    """The next entry of `identity`'s chain after `state`, with its balance worked out.
+
+    Refuses (`InsufficientBalance`) a `send` or `ticket` for more than the
+    balance, or for more than `state.available` when the account was slashed,
+    as the replica would on submission."""
     if state.frozen:
         raise AccountFrozen(f"account {state.account[:12]} forked its chain and is frozen")
     amount = body.get("amount", 0) if kind in DEBIT_KINDS else 0
     balance = next_balance(kind, amount if isinstance(amount, int) else 0, state.balance, source)
     if balance < 0:
         raise InsufficientBalance(f"cannot {kind} {amount} points: the balance is {state.balance}")
+    if kind in DEBIT_KINDS and state.slashed and balance < state.slashed:
+        raise InsufficientBalance(
+            f"cannot {kind} {amount} points: account {state.account[:12]} was slashed"
+            f" {state.slashed} points: {state.available} of its balance of {state.balance}"
+            " are available"
+        )
     return make_entry(
         identity,
         swarm=swarm,
@@ -133,6 +144,7 @@ class Wallet:
         self._lock = trio.Lock()
         self._written = self._load_written()
         self._state: AccountState | None = None
+        self._slashed = 0  # as the replica last reported it
         self._chain: list[Entry] = []
         self._unacked: Entry | None = None
 
@@ -154,11 +166,12 @@ class Wallet:
         return (await self.access.account(self.account)).receivable
 
     async def watch(self, interval: float = 1.0) -> AsyncIterator[AccountState]:
-        """Yield the account's state now and each time it changes (polled)."""
-        last: tuple[int, int, int] | None = None
+        """Yield the account's state now and each time it changes (polled): its seq,
+        balance, slashed points or number of receivable transfers."""
+        last: tuple[int, int, int, int] | None = None
         while True:
             view = await self.access.account(self.account)
-            key = (view.state.seq, view.state.balance, len(view.receivable))
+            key = (view.state.seq, view.state.balance, view.state.slashed, len(view.receivable))
             if key != last:
                 last = key
                 yield view.state
@@ -211,7 +224,7 @@ class Wallet:
                 )
                 await self._store(entry, view.replica_seq)
                 done.append(entry)
-                state = self._state_after(entry)
+                state = self._state_after(entry, slashed=state.slashed)
         return done
 
     async def _write(self, kind: str, body: Mapping[str, Any]) -> Entry:
@@ -230,6 +243,7 @@ class Wallet:
             view = await self.access.account(self.account)
             await self._store(entry, view.state.seq)
         view = await self.access.account(self.account)
+        self._slashed = view.state.slashed
         own = self._state
         if own is not None and view.state.seq < own.seq:
             # the replica has not seen our latest entries: write after ours, and send it
@@ -240,7 +254,11 @@ class Wallet:
                     f"but this wallet already wrote seq {own.seq}; wait for it to sync "
                     "or use another peer"
                 )
-            return _WriteView(own, view.receivable, view.state.seq)
+            return _WriteView(
+                dataclasses.replace(own, slashed=view.state.slashed),
+                view.receivable,
+                view.state.seq,
+            )
         written = self._written
         if own is None and written is not None and view.state.seq < written[0]:
             raise NetworkError(
@@ -265,13 +283,13 @@ class Wallet:
                 raise error
         self._unacked = None
         self._written = (entry.seq, entry.hash)
-        self._state = self._state_after(entry)
+        self._state = self._state_after(entry, slashed=self._slashed)
         self._chain.append(entry)
         del self._chain[: -self.remember]
         self._save_written()
 
-    def _state_after(self, entry: Entry) -> AccountState:
-        return AccountState(self.account, entry.balance, entry.seq, entry.hash, False)
+    def _state_after(self, entry: Entry, *, slashed: int) -> AccountState:
+        return AccountState(self.account, entry.balance, entry.seq, entry.hash, False, slashed)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
@@ -347,7 +365,9 @@ class RemoteReplica:
 
 
 def _view(reply: AccountReply) -> AccountView:
-    state = AccountState(reply.account, reply.balance, reply.seq, reply.head, reply.frozen)
+    state = AccountState(
+        reply.account, reply.balance, reply.seq, reply.head, reply.frozen, reply.slashed
+    )
     return AccountView(
         state=state,
         receivable=[decode_wire(item) for item in reply.receivable],

@@ -33,6 +33,23 @@ def parse_blocks(text: str) -> tuple[int, int]:
     return start, end
 
 
+def parse_cheat(text: str) -> tuple[float, float]:
+    """`"0.1:0.01"` -> `(0.1, 0.01)`: corrupt 10% of outputs by relative error 1e-2.
+
+    The magnitude defaults to 0.01."""
+    fraction_s, _, magnitude_s = text.partition(":")
+    try:
+        fraction = float(fraction_s)
+        magnitude = float(magnitude_s) if magnitude_s else 0.01
+    except ValueError:
+        raise ConfigError(
+            f"--cheat takes FRACTION[:MAGNITUDE], like 0.1:0.01, not {text!r}"
+        ) from None
+    if not (0 < fraction <= 1 and math.isfinite(magnitude) and magnitude > 0):
+        raise ConfigError(f"--cheat {text}: need 0 < FRACTION <= 1 and MAGNITUDE > 0")
+    return fraction, magnitude
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Settings of one `potluck node start` process."""
@@ -72,6 +89,12 @@ class NodeConfig:
     compute_delay: float = _opt(
         0.0, "TESTING AID: sleep this many seconds before every computation (a slow server)."
     )
+    cheat: str | None = _opt(
+        None,
+        "TESTING AID, makes this server a cheater: corrupt FRACTION of its outputs by "
+        "relative error MAGNITUDE (FRACTION[:MAGNITUDE], e.g. 0.1:0.01). Spot-checks catch "
+        "it and validators slash it.",
+    )
     genesis: Path | None = _opt(  # noqa: RUF009
         None, "Swarm genesis file (potluck swarm init); with it the node keeps a ledger replica."
     )
@@ -86,6 +109,9 @@ class NodeConfig:
     )
     checkpoint_interval: float = _opt(
         0.0, "Validator: seconds between checkpoints (0: the genesis economy's value)."
+    )
+    probe_interval: float = _opt(
+        0.0, "Validator: seconds between probes of each server (0: the genesis economy's value)."
     )
 
     def __post_init__(self) -> None:
@@ -135,6 +161,10 @@ class NodeConfig:
             raise ConfigError("--ledger-page must be at most 20000")
         if not (math.isfinite(self.ledger_sync_interval) and self.ledger_sync_interval > 0):
             raise ConfigError("--ledger-sync-interval must be a positive number of seconds")
+        if self.cheat is not None:
+            parse_cheat(self.cheat)
+        if not (math.isfinite(self.probe_interval) and self.probe_interval >= 0):
+            raise ConfigError("--probe-interval must be 0 (the genesis value) or more seconds")
         if not (math.isfinite(self.checkpoint_interval) and self.checkpoint_interval >= 0):
             raise ConfigError("--checkpoint-interval must be 0 (genesis value) or more seconds")
         if self.announce_ttl <= self.announce_interval:

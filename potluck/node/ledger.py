@@ -1,22 +1,149 @@
-"""The node's ledger replica: genesis, SQLite store, replication and validator duties."""
+"""The node's ledger: its replica (genesis, SQLite store, replication) and its
+own account on it.
+
+`NodeLedger` is the node's one writer for its account: it records the usage
+receipts clients sign when they close a session, receives the points sent to
+the account (mints above all), and keeps the set of slashed peers that the
+node leaves out of the swarm views it gives.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import trio
 
-from potluck.errors import ConfigError
+from potluck.errors import ConfigError, InvalidEvidence, LedgerError, NetworkError
 from potluck.ledger.core import Ledger
+from potluck.ledger.economy import check_receipt_signature
 from potluck.ledger.genesis import Genesis, load_key
 from potluck.ledger.replica import PROTOCOL_LEDGER, Peer, Replica, ReplicaConfig
 from potluck.ledger.store import LEDGER_FILE, SqliteBackend
+from potluck.ledger.wallet import LocalReplica, Wallet
 from potluck.node.config import NodeConfig
+from potluck.p2p.announce import peer_id_of_account
 from potluck.p2p.host import PotluckHost
+from potluck.p2p.identity import Identity
 from potluck.p2p.pubsub import Topics
+
+log = logging.getLogger(__name__)
+
+WALLET_FILE = "wallet.json"
+MAX_QUEUED_RECEIPTS = 1000
+
+
+class NodeLedger:
+    """The node's account: receipts to record, transfers to receive, slashed peers."""
+
+    def __init__(self, replica: Replica, identity: Identity, data_dir: Path) -> None:
+        self.replica = replica
+        self.genesis = replica.ledger.genesis
+        self.swarm_id = replica.ledger.swarm_id
+        self.identity = identity
+        self.account = identity.public_bytes.hex()
+        self.wallet = Wallet(
+            identity,
+            self.swarm_id,
+            LocalReplica(replica),
+            validators=self.genesis.validators,
+            state_file=data_dir / WALLET_FILE,
+        )
+        self._queue_in, self._queue_out = trio.open_memory_channel[dict[str, Any]](
+            MAX_QUEUED_RECEIPTS
+        )
+        #: Accounts slashed on this replica, by points taken, and their peer IDs.
+        self.slashed: dict[str, int] = {}
+        self.slashed_peers: frozenset[str] = frozenset()
+        self.receipts_recorded = 0
+        self.receipts_refused = 0
+
+    def take_receipt(
+        self,
+        *,
+        session: str,
+        client: str,
+        tokens: int,
+        start: int,
+        end: int,
+        signature: str,
+        claimed: int,
+    ) -> bool:
+        """Queue a client's receipt for recording if its signature is good and it
+        claims no more tokens than were served; whether it was taken."""
+        try:
+            check_receipt_signature(
+                signature,
+                swarm=self.swarm_id,
+                session=session,
+                server=self.account,
+                client=client,
+                tokens=claimed,
+                start=start,
+                end=end,
+            )
+        except InvalidEvidence as exc:
+            log.info("receipt not recorded: %s", exc)
+            self.receipts_refused += 1
+            return False
+        if tokens != claimed or client == self.account or tokens == 0:
+            self.receipts_refused += 1
+            return False
+        body = {
+            "client": client,
+            "session": session,
+            "tokens": tokens,
+            "blocks": end - start,
+            "details": {"start": start, "end": end, "signature": signature},
+        }
+        try:
+            self._queue_in.send_nowait(body)
+        except trio.WouldBlock:
+            self.receipts_refused += 1
+            return False
+        return True
+
+    async def receipt_loop(self) -> None:
+        """Write queued receipts into the node's chain, one at a time."""
+        async for body in self._queue_out:
+            try:
+                await self.wallet.write("receipt", body)
+                self.receipts_recorded += 1
+            except (LedgerError, NetworkError, InvalidEvidence) as exc:
+                self.receipts_refused += 1
+                log.warning("could not record a receipt: %s", exc)
+
+    async def receive_loop(self, interval: float) -> None:
+        """Take every transfer (mints above all) waiting for the node's account."""
+        while True:
+            try:
+                taken = await self.wallet.receive()
+                if taken:
+                    log.info("received %d transfers", len(taken))
+            except (LedgerError, NetworkError) as exc:
+                log.info("receiving failed: %s", exc)
+            await trio.sleep(interval)
+
+    async def refresh_slashed(self) -> None:
+        slashed = await self.replica.db(self.replica.ledger.slashed)
+        self.slashed = slashed
+        self.slashed_peers = frozenset(peer_id_of_account(a) for a in slashed)
+
+    async def slashed_loop(self, interval: float) -> None:
+        while True:
+            await self.refresh_slashed()
+            await trio.sleep(interval)
+
+    async def run(self, *, interval: float = 2.0) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.receipt_loop)
+            nursery.start_soon(self.receive_loop, interval)
+            nursery.start_soon(self.slashed_loop, interval)
 
 
 @asynccontextmanager
@@ -40,7 +167,6 @@ async def open_replica(
             f"this node serves model {model_identity[:12]}, but swarm {genesis.name!r} "
             f"runs {genesis.model_name} ({genesis.model_identity[:12]})"
         )
-    validator = None
     if config.validator:
         assert config.validator_key is not None
         validator = load_key(config.validator_key)
@@ -69,9 +195,6 @@ async def open_replica(
         host.set_handler(PROTOCOL_LEDGER, replica.handle)
         async with trio.open_nursery() as nursery:
             await nursery.start(replica.run)
-            if validator is not None:
-                interval = config.checkpoint_interval or genesis.economy.checkpoint_seconds
-                nursery.start_soon(replica.checkpoint_loop, validator, interval)
             try:
                 yield replica
             finally:

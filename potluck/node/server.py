@@ -7,10 +7,15 @@ Two protocols, both framed (`potluck.wire`):
   a `ServerInfo` (an announcement, accepted only from the peer it describes)
   -> `SwarmView` (push-pull in one round trip); `Forward` -> `ForwardResult`
   (stateless: the whole sequence from position 0, no cache kept); `Echo` ->
-  the same `Echo` (how nodes measure network throughput).
+  the same `Echo` (how nodes measure network throughput); on a validator,
+  `Dispute` -> `Verdict` (see `potluck.node.validator`).
 - `/potluck/inference/1.0.0`: a long-lived stream per client hop.
   `OpenSession` -> `SessionOpened`; `InferenceStep` -> `StepResult`;
   `CloseSession` -> `SessionClosed`. Closing the stream closes its sessions.
+
+Every `StepResult` and `ForwardResult` carries the server's signature over
+its `potluck.verify.Commitment`. A `CloseSession` may carry the client's
+signed usage receipt, which a node with a ledger records (`NodeLedger`).
 
 Any request that fails gets an `ErrorReply` with a typed code, and the
 stream goes on (a frame whose header is bad cannot be resynchronised, so that
@@ -58,22 +63,32 @@ from potluck.model import (
     resolve_model,
 )
 from potluck.node.balance import block_throughputs, choose_span, plan_move, span_for_memory
-from potluck.node.config import NodeConfig
+from potluck.node.config import NodeConfig, parse_cheat
 
 if TYPE_CHECKING:
     from potluck.ledger.replica import Replica
+    from potluck.node.ledger import NodeLedger
+    from potluck.node.validator import Validator
 from potluck.node.sessions import SessionTable
-from potluck.p2p.announce import sign_announcement, verify_announcement
+from potluck.p2p.announce import account_of_peer, sign_announcement, verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
-from potluck.p2p.identity import load_or_create_identity
+from potluck.p2p.identity import Identity, load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
+from potluck.verify.commitment import (
+    ZERO_CHAIN,
+    Commitment,
+    chain_inputs,
+    output_root,
+    row_digests,
+)
 from potluck.wire import (
     MAX_ECHO_ELEMENTS,
     MAX_SERVERS,
     CloseSession,
+    Dispute,
     Echo,
     ErrorReply,
     Forward,
@@ -103,6 +118,12 @@ class NotAServer(RemoteError):
     """This node serves no blocks (a bootstrap node)."""
 
     code = "not_a_server"
+
+
+class NotAValidator(RemoteError):
+    """This node does not referee disputes (it is no validator, or holds no model)."""
+
+    code = "not_a_validator"
 
 
 @functools.cache
@@ -146,6 +167,17 @@ class Server:
         self.steps_served = 0
         #: The node's ledger replica, when it runs with --genesis.
         self.replica: Replica | None = None
+        #: The node's own account on that ledger (receipts, receives, exclusions).
+        self.ledger: NodeLedger | None = None
+        #: A validator's duties (referee, probes, mints), with --validator and --model.
+        self.validator: Validator | None = None
+        #: The swarm id commitments are signed for (zeros without a genesis).
+        self.swarm_id = ZERO_CHAIN
+        self.account = host.identity.public_bytes.hex()
+        self.cheat = parse_cheat(config.cheat) if config.cheat else None
+        self._cheat_rng = random.Random()
+        #: Outputs this server deliberately corrupted (with --cheat).
+        self.corrupted = 0
 
     # -- what we announce ---------------------------------------------------
 
@@ -164,17 +196,28 @@ class Server:
             bandwidth=self.bandwidth,
             version=__version__,
             expires_at=self.clock() + self.config.announce_ttl,
+            validator=self.config.validator,
+            dtype=self.config.dtype,
         )
         return sign_announcement(info, self.host.identity)
 
+    def excluded(self) -> frozenset[str]:
+        """Peers this node's ledger shows slashed: left out of the views it gives."""
+        return self.ledger.slashed_peers if self.ledger is not None else frozenset()
+
     def swarm_view(self) -> SwarmView:
         now = self.clock()
-        servers = [s for s in self.peers.live(now) if s.peer_id != self.host.peer_id]
+        excluded = self.excluded()
+        servers = [
+            s
+            for s in self.peers.live(now)
+            if s.peer_id != self.host.peer_id and s.peer_id not in excluded
+        ]
         own = self.server_info()
         if own is not None:
             servers = [*servers[: MAX_SERVERS - 1], own]
         servers = servers[:MAX_SERVERS]
-        return SwarmView(servers=tuple(servers))
+        return SwarmView(servers=tuple(servers), excluded=tuple(sorted(excluded))[:MAX_SERVERS])
 
     def _throughput_key(self) -> str:
         span = self.span
@@ -328,16 +371,47 @@ class Server:
         cache: object | None,
         start: int,
         end: int,
-    ) -> torch.Tensor:
+        *,
+        session: str = "",
+        step: int = 0,
+        inputs: str = ZERO_CHAIN,
+    ) -> tuple[torch.Tensor, str]:
+        """The output of blocks [start, end) and the signature of its commitment."""
         delay = self.config.compute_delay
 
-        def run() -> torch.Tensor:
+        def run() -> tuple[torch.Tensor, str]:
             if delay:  # testing aid: a deliberately slow server
                 time.sleep(delay)
             out = span.forward(hidden.to(span.dtype), cache, start=start, end=end)  # type: ignore[arg-type]
-            return out.to(WIRE_DTYPE).contiguous()
+            out = self._corrupt(out.to(WIRE_DTYPE).contiguous())
+            commitment = Commitment(
+                swarm=self.swarm_id,
+                session=session,
+                step=step,
+                start=start,
+                end=end,
+                inputs=inputs,
+                outputs=output_root(row_digests(out)),
+                dtype=self.config.dtype,
+                server=self.account,
+            )
+            return out, commitment.signed(self.host.identity).signature
 
         return await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+
+    def _corrupt(self, out: torch.Tensor) -> torch.Tensor:
+        """With --cheat (a testing aid): add noise of the set relative size to each row
+        of a FRACTION of outputs."""
+        if self.cheat is None:
+            return out
+        fraction, magnitude = self.cheat
+        if self._cheat_rng.random() >= fraction:
+            return out
+        self.corrupted += 1
+        rows = out.reshape(-1, out.shape[-1])  # (batch * seq, hidden)
+        noise = torch.randn_like(rows)
+        noise *= magnitude * rows.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True)
+        return (rows + noise).reshape(out.shape).contiguous()
 
     # -- rpc protocol -------------------------------------------------------
 
@@ -371,8 +445,15 @@ class Server:
         if isinstance(msg, Forward):
             span = self._check_range(msg.start, msg.end)
             self._check_hidden(msg.hidden)
-            out = await self._compute(span, msg.hidden, None, msg.start, msg.end)
-            return ForwardResult(hidden=out)
+            inputs = chain_inputs(ZERO_CHAIN, msg.hidden)
+            out, signature = await self._compute(
+                span, msg.hidden, None, msg.start, msg.end, inputs=inputs
+            )
+            return ForwardResult(out, self.swarm_id, self.config.dtype, signature)
+        if isinstance(msg, Dispute):
+            if self.validator is None:
+                raise NotAValidator("this node does not referee disputes")
+            return await self.validator.referee(msg, peer)
         raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_RPC}")
 
     def _error(self, exc: PotluckError) -> ErrorReply:
@@ -419,22 +500,45 @@ class Server:
             self._check_hidden(msg.hidden)
             batch, seq = msg.hidden.shape[0], msg.hidden.shape[1]
             self.sessions.begin_step(session, msg.step, msg.position, batch, seq, now)
+            inputs = chain_inputs(session.inputs, msg.hidden)
             ok = False
             try:
-                out = await self._compute(
-                    session.span, msg.hidden, session.cache, session.start, session.end
+                out, signature = await self._compute(
+                    session.span,
+                    msg.hidden,
+                    session.cache,
+                    session.start,
+                    session.end,
+                    session=session.session_id,
+                    step=msg.step,
+                    inputs=inputs,
                 )
+                session.inputs = inputs
                 ok = True
             finally:
                 self.sessions.end_step(session, seq, self.clock(), ok=ok)
                 if not ok:  # a half-applied step leaves the cache unusable
                     self.sessions.close(session.session_id)
             self.steps_served += 1
-            return StepResult(msg.session_id, msg.step, out)
+            return StepResult(
+                msg.session_id, msg.step, out, self.swarm_id, self.config.dtype, signature
+            )
         if isinstance(msg, CloseSession):
-            self.sessions.get(msg.session_id, peer)
+            session = self.sessions.get(msg.session_id, peer)
+            recorded = False
+            if msg.receipt and self.ledger is not None:
+                served = session.position * (session.batch or 1)
+                recorded = self.ledger.take_receipt(
+                    session=session.session_id,
+                    client=account_of_peer(peer),
+                    tokens=min(msg.tokens, served),
+                    start=session.start,
+                    end=session.end,
+                    signature=msg.receipt,
+                    claimed=msg.tokens,
+                )
             self.sessions.close(msg.session_id)
-            return SessionClosed(msg.session_id)
+            return SessionClosed(msg.session_id, recorded)
         raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_INFERENCE}")
 
     # -- background loops ---------------------------------------------------
@@ -490,7 +594,16 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         torch.set_num_threads(config.compute_threads)
     for addr in config.initial_peers:
         parse_multiaddr(addr)  # a bad --initial-peers is a ConfigError now, not later
-    identity = load_or_create_identity(config.data_dir)
+    swarm_id = ZERO_CHAIN
+    if config.genesis is not None:
+        from potluck.ledger.genesis import Genesis, load_key
+
+        swarm_id = Genesis.load(config.genesis).swarm_id
+    if config.validator:  # a validator's peer ID is its genesis key: anyone can check it
+        assert config.validator_key is not None
+        identity = load_key(config.validator_key)
+    else:
+        identity = load_or_create_identity(config.data_dir)
     model: ServedModel | None = None
     if config.model is not None:
         model = await trio.to_thread.run_sync(ServedModel.open, config.model, config.dtype)
@@ -518,6 +631,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
             model=model,
             clock=clock,
         )
+        server.swarm_id = swarm_id
         host.set_handler(PROTOCOL_RPC, server.handle_rpc)
         host.set_handler(PROTOCOL_INFERENCE, server.handle_inference)
         if model is not None:
@@ -542,6 +656,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
                         model_identity=model.identity if model else None,
                     )
                 )
+                await _start_ledger_duties(server, identity, nursery)
             nursery.start_soon(server.announce_loop)
             nursery.start_soon(server.expire_loop)
             if model is not None and config.span is None:
@@ -550,6 +665,29 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def _start_ledger_duties(server: Server, identity: Identity, nursery: trio.Nursery) -> None:
+    """The node's own account (receipts, receives) and, on a validator, its duties."""
+    from potluck.node.ledger import NodeLedger
+    from potluck.node.validator import Validator
+
+    config = server.config
+    assert server.replica is not None
+    server.ledger = NodeLedger(server.replica, identity, config.data_dir)
+    await server.ledger.refresh_slashed()
+    nursery.start_soon(server.ledger.run)
+    if not config.validator:
+        return
+    duties = Validator(server, server.ledger, clock=server.clock)
+    economy = server.ledger.genesis.economy
+    nursery.start_soon(
+        duties.checkpoint_loop, config.checkpoint_interval or economy.checkpoint_seconds
+    )
+    if server.model is not None:
+        server.validator = duties
+        nursery.start_soon(duties.probe_loop, config.probe_interval or economy.probe_seconds)
+        nursery.start_soon(duties.mint_loop)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class Session:
     cache: Any = field(default=None, repr=False)
     span: Any = field(default=None, repr=False)  # the BlockSpan it opened on
     busy: bool = False
+    inputs: str = "0" * 64  # the input chain of the steps so far (potluck.verify.commitment)
 
 
 class SessionTable:

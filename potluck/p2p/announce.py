@@ -15,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 
 from cryptography.exceptions import InvalidSignature as _BadSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from libp2p.crypto.ed25519 import Ed25519PublicKey as _P2PPublicKey
 from libp2p.peer.id import ID
 
 from potluck.errors import InvalidSignature
@@ -45,6 +47,19 @@ def public_key_of(peer_id: str) -> ed25519.Ed25519PublicKey:
         return ed25519.Ed25519PublicKey.from_public_bytes(raw)
     except Exception as exc:  # base58, protobuf and key errors of many kinds
         raise InvalidSignature(f"{peer_id!r} does not embed an Ed25519 public key") from exc
+
+
+def peer_id_of_account(account: str) -> str:
+    """The peer ID of the node whose Ed25519 public key (a ledger account) is `account`."""
+    return str(ID.from_pubkey(_P2PPublicKey.from_bytes(bytes.fromhex(account))).to_base58())
+
+
+def account_of_peer(peer_id: str) -> str:
+    """The ledger account (hex public key) of a peer ID; `InvalidSignature` if it has none."""
+    raw = public_key_of(peer_id).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return raw.hex()
 
 
 def verify_announcement(info: ServerInfo) -> None:

@@ -25,10 +25,12 @@ async def exchange_views(
     clock: Callable[[], float],
     timeout: float,
     failures: dict[str, str] | None = None,
+    on_view: Callable[[str, SwarmView], None] | None = None,
 ) -> None:
     """Send `message` (our announcement, or a `SwarmRequest`) to every target at once
     and merge each `SwarmView` that comes back; an unreachable peer is skipped, and
-    why is recorded in `failures` (by peer ID) when given."""
+    why is recorded in `failures` (by peer ID) when given. `on_view(peer_id, view)`
+    sees each view that came back."""
 
     async def one(peer_id: str, addrs: Sequence[str]) -> None:
         try:
@@ -43,6 +45,8 @@ async def exchange_views(
             failures.pop(peer_id, None)
         if isinstance(reply, SwarmView):
             table.merge(reply.servers, clock())
+            if on_view is not None:
+                on_view(peer_id, reply)
 
     async with trio.open_nursery() as nursery:
         for peer_id, addrs in targets:

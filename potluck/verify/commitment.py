@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from potluck.errors import BadCommitment
 from potluck.p2p.identity import Identity
+from potluck.wire import StepResult
 
 __all__ = [
     "DOMAIN",
@@ -42,6 +43,7 @@ __all__ = [
     "chain_inputs",
     "output_root",
     "row_digests",
+    "step_commitment",
     "tensor_digest",
 ]
 
@@ -169,3 +171,23 @@ class Commitment:
             return cls(**data)
         except TypeError as exc:
             raise BadCommitment(f"malformed commitment: {exc}") from None
+
+
+def step_commitment(
+    reply: StepResult, *, server: str, start: int, end: int, inputs: str
+) -> Commitment:
+    """The commitment a step's reply carries, rebuilt from what the receiver knows
+    (`server` is the sender's account, `inputs` the input chain after the step);
+    call `verify()` on it."""
+    return Commitment(
+        swarm=reply.swarm or ZERO_CHAIN,
+        session=reply.session_id,
+        step=reply.step,
+        start=start,
+        end=end,
+        inputs=inputs,
+        outputs=output_root(row_digests(reply.hidden)),
+        dtype=reply.dtype,
+        server=server,
+        signature=reply.signature,
+    )

@@ -33,22 +33,44 @@ class Sampler:
     def draw(self, session: str, hop: int, step: int) -> float:
         """A uniform number in [0, 1) for this step, fixed by the secret."""
         mac = hmac.new(self._secret, f"{session}/{hop}/{step}".encode(), hashlib.sha256)
-        return int.from_bytes(mac.digest()[:8], "big") / 2**64
+        # 53 bits, exactly representable: 64 bits would round the top values up to 1.0
+        return (int.from_bytes(mac.digest()[:8], "big") >> 11) / 2**53
 
     def should_check(self, session: str, hop: int, step: int) -> bool:
         return self.draw(session, hop, step) < self.rate
 
 
+def _check_probabilities(rate: float, fraction: float) -> None:
+    for name, value in (("rate", rate), ("fraction", fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], not {value}")
+
+
 def detection_probability(rate: float, fraction: float, steps: int) -> float:
     """Chance that a server corrupting `fraction` of steps is caught within `steps`."""
+    _check_probabilities(rate, fraction)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, not {steps}")
     return 1.0 - (1.0 - rate * fraction) ** steps
 
 
 def steps_for_confidence(rate: float, fraction: float, confidence: float) -> int:
-    """Steps needed to catch such a server with probability `confidence`."""
+    """The fewest steps within which such a server is caught with probability
+    `confidence` (the least `n` with `detection_probability(...) >= confidence`)."""
+    _check_probabilities(rate, fraction)
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1), not {confidence}")
     q = rate * fraction
     if q <= 0:
         raise ValueError("nothing is ever caught at rate or fraction 0")
+    if confidence == 0.0:
+        return 0
     if q >= 1:
         return 1
-    return math.ceil(math.log1p(-confidence) / math.log1p(-q))
+    n = max(1, math.ceil(math.log1p(-confidence) / math.log1p(-q)))
+    # the logarithms may round either way: settle on detection_probability's own answer
+    while n > 1 and detection_probability(rate, fraction, n - 1) >= confidence:
+        n -= 1
+    while detection_probability(rate, fraction, n) < confidence:
+        n += 1
+    return n

@@ -1,4 +1,5 @@
-"""Convergence: any order, duplication and batching of delivery gives the same state.
+"""Convergence: any order, duplication and batching of delivery gives the same state
+(balances, frontier, forks and slashed points).
 
 A replica that ingests the workload in causal order is the reference; every
 other replica gets the same entries permuted, partly duplicated and cut into
@@ -11,6 +12,7 @@ import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -30,6 +32,7 @@ class Scenario:
     activity: int
     forks: int
     checkpoints: int
+    slashes: int = 0
 
 
 def build(scenario: Scenario) -> LedgerWorkload:
@@ -57,7 +60,32 @@ def build(scenario: Scenario) -> LedgerWorkload:
     work.random_activity(scenario.activity - scenario.activity // 2, rng)
     for validator in work.validators[1 : scenario.checkpoints]:
         work.checkpoint(validator)
+    for _ in range(scenario.slashes):  # validators often judge the same case
+        body: dict[str, Any] = {
+            "account": rng.choice(work.accounts).account,
+            "reason": "wrong_output",
+            "amount": rng.randint(0, 60),
+        }
+        case = rng.choice(CASES)
+        if case is not None:
+            body["evidence"] = {"case": case}
+        work.append(rng.choice(work.validators), "slash", body)
     return work
+
+
+CASES = ("0a" * 32, "0b" * 32, None)
+
+
+def expected_slashed(work: LedgerWorkload) -> dict[str, int]:
+    """Per slashed account: each case's largest amount, summed; a slash without a case alone."""
+    cases: dict[str, dict[str, int]] = {}
+    for entry in work.entries:
+        if entry.kind != "slash":
+            continue
+        case = entry.body.get("evidence", {}).get("case", entry.hash)
+        taken = cases.setdefault(entry.body["account"], {})
+        taken[case] = max(taken.get(case, 0), entry.body["amount"])
+    return {account: sum(taken.values()) for account, taken in cases.items()}
 
 
 def reference(work: LedgerWorkload) -> Ledger:
@@ -95,6 +123,12 @@ def check_balances(work: LedgerWorkload, ledger: Ledger) -> None:
                 chain[-1].hash,
                 chain[-1].balance,
             )
+    slashed = expected_slashed(work)
+    assert ledger.slashed() == slashed
+    for account in work.accounts:
+        state = ledger.account(account.account)
+        assert state.slashed == slashed.get(account.account, 0)
+        assert state.available == state.balance - state.slashed
     if not forked:
         granted = 100 * len(work.accounts)
         unreceived = sum(e.amount for a in work.accounts for e in work.pending[a.account])
@@ -116,6 +150,7 @@ scenarios = st.builds(
     activity=st.integers(0, 40),
     forks=st.integers(0, 2),
     checkpoints=st.integers(0, 3),
+    slashes=st.integers(0, 6),
 )
 
 
@@ -140,7 +175,9 @@ def test_any_delivery_gives_the_reference_state(scenario: Scenario, data: st.Dat
     work = build(scenario)
     expected = reference(work).state()
     assert len(expected.forks) == len({(a.author, a.seq) for a, _ in work.forks})
+    assert expected.slashed == expected_slashed(work)
     event("forks", len(expected.forks))
+    event("slashed accounts", len(expected.slashed))
     event("entries", len(work.entries) // 10 * 10)
     for _ in range(3):
         batches = data.draw(deliveries(work.entries), label="delivery")
@@ -173,9 +210,12 @@ def random_delivery(entries: list[Entry], rng: random.Random) -> list[list[Entry
 
 
 def test_sqlite_replicas_converge_on_the_reference(tmp_path: Path) -> None:
-    scenario = Scenario(validators=3, accounts=6, seed=5, activity=80, forks=2, checkpoints=3)
+    scenario = Scenario(
+        validators=3, accounts=6, seed=5, activity=80, forks=2, checkpoints=3, slashes=8
+    )
     work = build(scenario)
     assert work.forks
+    assert any(e.kind == "slash" for e in work.entries)
     expected = reference(work).state()
     rng = random.Random(2024)
     for i in range(3):

@@ -345,29 +345,35 @@ def test_indexes_serve_the_hot_queries(writer: SqliteBackend) -> None:
     assert "entries_to_account" in plan(store._INCOMING, (key,))
     assert "entries_author_kind_seq" in plan(store._LATEST, (key, "send"))
     assert "entries_author_seq" in plan(store._CHAIN, (key, 0, 10))
+    assert "entries_kind_time" in plan(store._BY_KIND, ("receipt", 0))
+    assert "entries_slash_account" in plan(store._SLASHES_OF, (key,))
 
 
 def test_migrations_apply_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "ledger.db"
     with SqliteBackend(path) as first:
-        assert first.applied_migrations == ["0001_entries"]
+        assert first.applied_migrations == ["0001_entries", "0002_kinds_and_slashes"]
     with SqliteBackend(path) as again:
         assert again.applied_migrations == []
 
     def add_notes(db: sqlite_utils.Database) -> None:
         db.create_table("notes", {"id": int, "text": str}, pk="id")
 
-    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, ("0002_notes", add_notes)])
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, ("0003_notes", add_notes)])
     with SqliteBackend(path) as migrated:
-        assert migrated.applied_migrations == ["0002_notes"]
+        assert migrated.applied_migrations == ["0003_notes"]
         assert "notes" in migrated.db.table_names()
         rows = migrated.db.execute("SELECT name, applied_at FROM migrations ORDER BY name")
         names = [(name, isinstance(at, int) and at > 0) for name, at in rows]
-        assert names == [("0001_entries", True), ("0002_notes", True)]
+        assert names == [
+            ("0001_entries", True),
+            ("0002_kinds_and_slashes", True),
+            ("0003_notes", True),
+        ]
     with SqliteBackend(path) as again:
         assert again.applied_migrations == []
 
-    monkeypatch.undo()  # an older Potluck does not know 0002_notes
+    monkeypatch.undo()  # an older Potluck does not know 0003_notes
     with pytest.raises(ConfigError, match="newer version"):
         SqliteBackend(path)
 
@@ -388,7 +394,7 @@ def test_cli_shows_the_tables(swarm: Swarm, tmp_path: Path) -> None:
     assert counts["entries"] == len(swarm.entries)
     assert counts["forks"] == 1
     assert counts["authors"] == 4
-    assert counts["migrations"] == 1
+    assert counts["migrations"] == 2
 
 
 # ---- genesis, read-only access and bad files ------------------------------------------
@@ -486,7 +492,7 @@ def test_a_failing_migration_applies_nothing(
         db.create_table("half", {"id": int}, pk="id")
         raise RuntimeError("migration bug")
 
-    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, ("0002_half", half_done)])
+    monkeypatch.setattr(store, "MIGRATIONS", [*store.MIGRATIONS, ("0003_half", half_done)])
     with pytest.raises(RuntimeError, match="migration bug"):
         SqliteBackend(path)
     monkeypatch.undo()

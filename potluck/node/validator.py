@@ -1,0 +1,522 @@
+"""A validator's duties: checkpoints, refereeing disputes, probing servers, minting.
+
+A validator node (`potluck node start --validator --validator-key K`) uses
+its genesis key as its node identity, so its peer ID proves to anyone with
+the genesis that it is a validator, and one `Wallet` writes everything it
+signs:
+
+- **checkpoints** of the frontier whenever it moved (`checkpoint_loop`);
+
+and, when it also holds the model's blocks (`--model`, normally all of them):
+
+- **referee**: a `Dispute` from a client whose spot-check failed is checked
+  (`potluck.verify.referee.check_evidence`), the span is recomputed on the
+  stored inputs, and whoever disagrees with the recomputation gets a `slash`
+  of `slash_fraction` of its available points, at least `slash_minimum` (as
+  a debt if it holds fewer), carrying the evidence; the history goes into `audit` entries of result
+  `evidence`. If both answers were right, the accuser pays
+  `economy.dispute_fee` instead (reason `false_accusation`).
+- **probes**: every `probe_seconds`, each server is sent a short session of
+  its own (a prompt of random tokens and a few decode steps, through the same
+  inference protocol as any client), timed for capacity and uptime, and every
+  output is compared with the validator's own computation. A wrong one is
+  refereed like a dispute, with the validator as checker and accuser.
+- **mints**: when an epoch ends, the validator records each probed server's
+  measured capacity (`audit` with result `capacity`) and mints to every
+  server in good standing what `potluck.ledger.economy.plan_mints` gives:
+  usage from receipts, capped by that capacity, weighted towards scarce
+  blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import trio
+
+from potluck.errors import (
+    InvalidEvidence,
+    LedgerError,
+    NetworkError,
+    PotluckError,
+    VerificationError,
+    remote_error,
+)
+from potluck.ledger.economy import Capacity, capacity_audit_body, epoch_of, mint_body, plan_mints
+from potluck.ledger.entry import VALIDATOR_KINDS
+from potluck.model import ClientHead, load_config, num_blocks
+from potluck.p2p.announce import account_of_peer
+from potluck.p2p.protocols import PROTOCOL_INFERENCE
+from potluck.verify.commitment import (
+    ZERO_CHAIN,
+    Commitment,
+    chain_inputs,
+    output_root,
+    row_digests,
+    step_commitment,
+)
+from potluck.verify.fingerprint import compare
+from potluck.verify.referee import (
+    Evidence,
+    check_evidence,
+    history_chunks,
+    reference_row,
+    rule,
+    slash_evidence,
+)
+from potluck.wire import (
+    CloseSession,
+    Dispute,
+    ErrorReply,
+    InferenceStep,
+    OpenSession,
+    ServerInfo,
+    SessionOpened,
+    StepResult,
+    Verdict,
+)
+
+if TYPE_CHECKING:
+    from potluck.node.ledger import NodeLedger
+    from potluck.node.server import Server
+
+log = logging.getLogger(__name__)
+
+PROBE_PROMPT = 8
+PROBE_DECODE = 4
+
+
+@dataclass
+class ProbeStats:
+    """One server's probes in one epoch."""
+
+    start: int
+    end: int
+    probes: int = 0
+    answered: int = 0
+    mismatches: int = 0
+    tokens_per_s: list[float] = field(default_factory=list)
+
+
+class Validator:
+    """The duties of a validator node (see the module docstring)."""
+
+    def __init__(
+        self,
+        server: Server,
+        ledger: NodeLedger,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.server = server
+        self.ledger = ledger
+        self.replica = ledger.replica
+        self.genesis = ledger.genesis
+        self.economy = ledger.genesis.economy
+        self.wallet = ledger.wallet
+        self.clock = clock
+        self.account = ledger.account
+        self.verdicts: dict[str, Verdict] = {}
+        self.stats: dict[int, dict[str, ProbeStats]] = {}
+        self._head: ClientHead | None = None
+        self._referee_lock = trio.Lock()
+        self.disputes = 0
+        self.slashes = 0
+        self.mints = 0
+
+    @property
+    def dtype(self) -> str:
+        return self.server.config.dtype
+
+    # -- checkpoints -------------------------------------------------------------
+
+    async def checkpoint_loop(self, interval: float) -> None:
+        """Sign a checkpoint of the frontier whenever it moved (less our own entries)."""
+        last: dict[str, object] | None = None
+        while True:
+            await trio.sleep(interval)
+            basis = await self.replica.db(self._checkpoint_basis)
+            if not basis or basis == last:
+                continue
+            frontier = await self.replica.db(self.replica.ledger.frontier)
+            frontier.pop(self.account, None)
+            body = {"frontier": {a: [seq, h] for a, (seq, h) in sorted(frontier.items())}}
+            try:
+                await self.wallet.write("checkpoint", body)
+                last = basis
+            except (LedgerError, NetworkError) as exc:
+                log.warning("checkpoint of %d accounts failed: %s", len(frontier), exc)
+                last = basis
+
+    def _checkpoint_basis(self) -> dict[str, object]:
+        """What a checkpoint would certify, less validators' own checkpoints (which
+        would otherwise make validators checkpoint each other forever)."""
+        ledger = self.replica.ledger
+        basis: dict[str, object] = {
+            a: h for a, h in ledger.frontier().items() if a not in ledger.validators
+        }
+        for validator in sorted(ledger.validators):
+            for kind in VALIDATOR_KINDS - {"checkpoint"}:
+                latest = ledger.backend.latest(validator, kind)
+                if latest is not None:
+                    basis[f"{validator}:{kind}"] = latest.hash
+        return basis
+
+    # -- referee ---------------------------------------------------------------
+
+    async def _recompute(self, history: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Blocks [start, end) over the whole history in one forward, as float32."""
+        span = self.server.span
+        if span is None:
+            raise InvalidEvidence("this validator holds no blocks")
+        if not span.start <= start < end <= span.end:
+            raise InvalidEvidence(f"this validator holds blocks {span.start}:{span.end} only")
+
+        def run() -> torch.Tensor:
+            out = span.forward(history.to(span.dtype), None, start=start, end=end)
+            return out.float()
+
+        return await trio.to_thread.run_sync(run, limiter=self.server.compute_limiter)
+
+    async def referee(self, msg: Dispute, peer: str) -> Verdict:
+        """Rule on a client's dispute (see the module docstring)."""
+        try:
+            evidence = Evidence.from_json(json.loads(msg.evidence))
+        except ValueError as exc:
+            raise InvalidEvidence(f"evidence is not JSON: {exc}") from None
+        if evidence.accused.swarm != self.ledger.swarm_id:
+            raise InvalidEvidence("the evidence is for another swarm")
+        check_evidence(evidence, msg.history, msg.outputs, msg.checked)
+        self.disputes += 1
+        return await self.judge(
+            evidence, msg.history, msg.outputs, msg.checked, accuser=account_of_peer(peer)
+        )
+
+    async def judge(
+        self,
+        evidence: Evidence,
+        history: torch.Tensor,
+        outputs: torch.Tensor,
+        checked: torch.Tensor,
+        *,
+        accuser: str,
+    ) -> Verdict:
+        """Recompute, rule, and record the slashes of checked evidence."""
+        async with self._referee_lock:  # one ruling per case, even for concurrent disputes
+            known = self.verdicts.get(evidence.case)
+            if known is not None:
+                return known
+            recomputed = await self._recompute(
+                history, evidence.accused.start, evidence.accused.end
+            )
+            ruling = rule(
+                evidence,
+                outputs,
+                checked,
+                reference_row(evidence, recomputed),
+                referee_dtype=self.dtype,
+            )
+            guilty = ruling.guilty(evidence, accuser)
+            entries = await self._record(evidence, history, outputs, checked, guilty, accuser)
+            message = (
+                f"accused error {ruling.accused.max_error:.2e}, checker error "
+                f"{ruling.checker.max_error:.2e}, tolerance {ruling.accused.threshold:.1e}; "
+                + ", ".join(f"{account[:12]} {reason}" for account, reason in guilty)
+            )
+            log.warning("case %s: %s", evidence.case[:12], message)
+            verdict = Verdict(
+                evidence.case,
+                tuple(account for account, _ in guilty),
+                tuple(entries),
+                message,
+            )
+            self.verdicts[evidence.case] = verdict
+            return verdict
+
+    async def _record(
+        self,
+        evidence: Evidence,
+        history: torch.Tensor,
+        outputs: torch.Tensor,
+        checked: torch.Tensor,
+        guilty: list[tuple[str, str]],
+        accuser: str,
+    ) -> list[str]:
+        """Write the history as evidence audits, then a slash per guilty account."""
+        header, pieces = history_chunks(history)
+        hashes = []
+        for part, data in enumerate(pieces):
+            details = {"case": evidence.case, "part": part, "parts": len(pieces), "data": data}
+            body = {"server": evidence.accused.server, "result": "evidence", "details": details}
+            hashes.append((await self.wallet.write("audit", body)).hash)
+        record = slash_evidence(
+            evidence, outputs, checked, accuser=accuser, history=header, chunks=hashes
+        )
+        slashes = []
+        for account, reason in guilty:
+            state = await self.replica.db(self.replica.ledger.account, account)
+            if reason == "false_accusation":
+                amount = self.economy.dispute_fee
+            else:
+                share = math.floor(self.economy.slash_fraction * max(0, state.available))
+                amount = max(share, self.economy.slash_minimum)
+            slash: dict[str, Any] = {
+                "account": account,
+                "reason": reason,
+                "amount": amount,
+                "evidence": record,
+            }
+            slashes.append((await self.wallet.write("slash", slash)).hash)
+            self.slashes += 1
+        await self.ledger.refresh_slashed()
+        return [*hashes, *slashes]
+
+    # -- probes ----------------------------------------------------------------
+
+    def _probe_targets(self) -> list[ServerInfo]:
+        excluded = self.server.excluded()
+        return [
+            s
+            for s in self.server.peers.live(self.server.clock())
+            if not s.validator
+            and s.model == self.server.model_id
+            and s.peer_id not in excluded
+            and s.peer_id != self.server.host.peer_id
+        ]
+
+    async def probe_loop(self, interval: float) -> None:
+        while True:  # jittered, so that servers cannot time their honesty around probes
+            await trio.sleep(interval * random.uniform(0.5, 1.5))
+            for target in self._probe_targets():
+                await self.probe(target)
+
+    def _stats_for(self, target: ServerInfo) -> ProbeStats:
+        epoch = epoch_of(int(self.clock() * 1000), self.economy)
+        per_server = self.stats.setdefault(epoch, {})
+        stats = per_server.get(target.peer_id)
+        if stats is None or (stats.start, stats.end) != (target.start, target.end):
+            stats = per_server[target.peer_id] = ProbeStats(target.start, target.end)
+        return stats
+
+    def _client_head(self) -> ClientHead:
+        if self._head is None:
+            assert self.server.model is not None
+            self._head = ClientHead.load(self.server.model.path)
+        return self._head
+
+    async def probe(self, target: ServerInfo) -> bool:
+        """One probe session of `target`; whether it answered correctly."""
+        span = self.server.span
+        if span is None or not span.start <= 0 < target.end <= span.end:
+            return False
+        stats = self._stats_for(target)
+        stats.probes += 1
+        head = await trio.to_thread.run_sync(self._client_head)
+        vocab = head.embed_weight.shape[0]
+        before = span.new_cache() if target.start > 0 else None
+        mine = span.new_cache()
+        session = secrets.token_hex(16)
+        chain = ZERO_CHAIN
+        steps: list[int] = []
+        history: list[torch.Tensor] = []
+        total = PROBE_PROMPT + PROBE_DECODE
+        try:
+            with trio.fail_after(self.server.config.request_timeout):
+                stream = await self.server.host.open_stream(
+                    target.peer_id, PROTOCOL_INFERENCE, addrs=target.addrs
+                )
+            try:
+                with trio.fail_after(self.server.config.request_timeout):
+                    await stream.send(OpenSession(session, target.start, target.end, total))
+                    _expect(await stream.receive(), SessionOpened, target.peer_id)
+                decode_seconds = 0.0
+                for step in range(1 + PROBE_DECODE):
+                    n = PROBE_PROMPT if step == 0 else 1
+                    ids = torch.randint(0, vocab, (1, n))
+
+                    def inputs(ids: torch.Tensor = ids) -> torch.Tensor:
+                        hidden = head.embed(ids).float()
+                        if before is not None:
+                            hidden = span.forward(hidden, before, start=0, end=target.start)
+                        return hidden.float().contiguous()
+
+                    hidden = await trio.to_thread.run_sync(
+                        inputs, limiter=self.server.compute_limiter
+                    )
+                    t0 = trio.current_time()
+                    with trio.fail_after(self.server.config.request_timeout):
+                        await stream.send(InferenceStep(session, step, sum(steps), hidden))
+                        reply = _expect(await stream.receive(), StepResult, target.peer_id)
+                    if step:
+                        decode_seconds += trio.current_time() - t0
+                    chain = chain_inputs(chain, hidden)
+                    steps.append(n)
+                    history.append(hidden)
+                    accused = step_commitment(
+                        reply,
+                        server=account_of_peer(target.peer_id),
+                        start=target.start,
+                        end=target.end,
+                        inputs=chain,
+                    )
+                    accused.verify()
+
+                    def reference(hidden: torch.Tensor = hidden) -> torch.Tensor:
+                        out = span.forward(hidden, mine, start=target.start, end=target.end)
+                        return out.float()
+
+                    ref = await trio.to_thread.run_sync(
+                        reference, limiter=self.server.compute_limiter
+                    )
+                    verdict = compare(reply.hidden, ref, reply.dtype, self.dtype)
+                    if not verdict.matches:
+                        stats.mismatches += 1
+                        await self._convict_probed(
+                            target, torch.cat(history, dim=1), steps, reply, accused, ref
+                        )
+                        return False
+                with trio.move_on_after(5):
+                    await stream.send(CloseSession(session))
+                    await stream.receive()
+            finally:
+                await stream.close()
+        except (PotluckError, trio.TooSlowError) as exc:
+            log.info("probe of %s failed: %s", target.peer_id, exc)
+            return False
+        stats.answered += 1
+        stats.tokens_per_s.append(PROBE_DECODE / max(decode_seconds, 1e-6))
+        return True
+
+    async def _convict_probed(
+        self,
+        target: ServerInfo,
+        history: torch.Tensor,
+        steps: list[int],
+        reply: StepResult,
+        accused: Commitment,
+        reference: torch.Tensor,
+    ) -> None:
+        """Referee a probe's wrong answer, with this validator as checker and accuser."""
+        rows = row_digests(reply.hidden)
+        errors = [
+            float((a - b).norm() / b.norm().clamp_min(1e-12))
+            for a, b in zip(
+                reply.hidden.reshape(-1, reply.hidden.shape[-1]),
+                reference.reshape(-1, reference.shape[-1]),
+                strict=True,
+            )
+        ]
+        row = max(range(len(errors)), key=errors.__getitem__)
+        forward = await self._recompute(history, target.start, target.end)
+        forward = forward.contiguous()
+        own = Commitment(
+            swarm=self.ledger.swarm_id,
+            session="",
+            step=0,
+            start=target.start,
+            end=target.end,
+            inputs=chain_inputs(ZERO_CHAIN, history),
+            outputs=output_root(row_digests(forward)),
+            dtype=self.dtype,
+            server=self.account,
+        ).signed(self.server.host.identity)
+        evidence = Evidence(
+            accused=accused,
+            checker=own,
+            steps=tuple(steps),
+            rows=tuple(row_digests(forward)),
+            accused_rows=tuple(rows),
+            row=row,
+        )
+        outputs = reply.hidden.reshape(-1, 1, reply.hidden.shape[-1])[row : row + 1]
+        checked = reference_row(evidence, forward)
+        try:
+            check_evidence(evidence, history, outputs, checked)
+            await self.judge(evidence, history, outputs, checked, accuser=self.account)
+        except (VerificationError, LedgerError) as exc:
+            log.warning("could not referee the probe of %s: %s", target.peer_id, exc)
+
+    # -- epochs and mints ----------------------------------------------------------
+
+    async def mint_loop(self) -> None:
+        """At each epoch's end (plus a grace second for late receipts), close it."""
+        seconds = self.economy.epoch_seconds
+        while True:
+            now = self.clock()
+            epoch = epoch_of(int(now * 1000), self.economy)
+            await trio.sleep(max(0.0, (epoch + 1) * seconds - now) + 1.0)
+            try:
+                await self.close_epoch(epoch)
+            except (LedgerError, NetworkError) as exc:
+                log.warning("closing epoch %d failed: %s", epoch, exc)
+
+    async def close_epoch(self, epoch: int) -> list[str]:
+        """Record the epoch's measured capacities and mint; returns the mint hashes."""
+        stats = self.stats.pop(epoch, {})
+        capacities: dict[str, Capacity] = {}
+        for peer_id, s in sorted(stats.items()):
+            if not s.probes:
+                continue
+            speed = statistics.median(s.tokens_per_s) if s.tokens_per_s else 0.0
+            account = account_of_peer(peer_id)
+            body = capacity_audit_body(
+                server=account,
+                epoch=epoch,
+                start=s.start,
+                end=s.end,
+                probes=s.probes,
+                answered=s.answered,
+                milli_tokens_per_s=int(speed * 1000),
+                mismatches=s.mismatches,
+            )
+            await self.wallet.write("audit", body)
+            if s.answered and not s.mismatches:
+                capacities[account] = Capacity(
+                    server=account,
+                    start=s.start,
+                    end=s.end,
+                    tokens_per_s=int(speed * 1000) / 1000,
+                    uptime=s.answered / s.probes,
+                )
+        await self.ledger.refresh_slashed()
+        since = epoch * self.economy.epoch_seconds * 1000
+        receipts = await self.replica.db(self.replica.ledger.backend.by_kind, "receipt", since)
+        assert self.server.model is not None
+        blocks = num_blocks(load_config(self.server.model.path))
+        plans = plan_mints(
+            epoch=epoch,
+            receipts=receipts,
+            capacities=capacities,
+            excluded=set(self.ledger.slashed),
+            num_blocks=blocks,
+            economy=self.economy,
+            validators=len(self.genesis.validators),
+            swarm=self.ledger.swarm_id,
+        )
+        minted = []
+        for plan in plans:
+            entry = await self.wallet.write("mint", mint_body(plan, epoch))
+            minted.append(entry.hash)
+            self.mints += 1
+            log.info("epoch %d: minted %d to %s", epoch, plan.amount, plan.server[:12])
+        return minted
+
+
+def _expect(reply: Any, cls: type[Any], peer: str) -> Any:
+    if reply is None:
+        raise NetworkError(f"{peer} closed the probe session")
+    if isinstance(reply, ErrorReply):
+        raise remote_error(reply.code, f"{peer}: {reply.message}")
+    if not isinstance(reply, cls):
+        raise NetworkError(f"{peer} answered {type(reply).__name__}, not {cls.__name__}")
+    return reply
