@@ -465,6 +465,52 @@ def ledger_verify(
     print("ok")
 
 
+@ledger_app.command("audit")
+def ledger_audit(
+    genesis: Annotated[Path, _GENESIS_OPT],
+    data_dir: Annotated[Path, typer.Option(help="The node's data directory.")] = _DEFAULT.data_dir,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model to re-verify slashes with: smollm2 or a folder (default: skip)."),
+    ] = None,
+) -> None:
+    """Check every balance against grants, mints, spends and slashes, and re-verify
+    every slash's fraud proof by recomputing the span (with --model).
+
+    Exits 1 if anything is wrong. Example:
+    potluck ledger audit --genesis swarm/genesis.json --data-dir node1 --model smollm2
+    """
+    from rich.table import Table
+
+    from potluck.ledger.genesis import Genesis
+    from potluck.verify.audit import audit_ledger
+
+    report = audit_ledger(data_dir, Genesis.load(genesis), model=model)
+    table = Table(title=f"{len(report.balances.rows)} accounts")
+    for column in ("account", "grants", "mints", "received", "spent", "slashed", "available"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    for row in report.balances.rows:
+        table.add_row(
+            row.account[:16],
+            str(row.grants_received),
+            str(row.mints_received),
+            str(row.sends_received),
+            str(row.spent),
+            str(row.slashed),
+            str(row.available),
+        )
+    console.print(table)
+    for check in report.slashes:
+        mark = "ok " if check.ok else "BAD"
+        what = f"{check.account[:12]} ({check.reason}, {check.amount} points)"
+        print(f"{mark} slash {check.entry[:12]} of {what}: {check.detail}")
+    for problem in report.balances.problems:
+        print(f"BAD {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+    print("ok")
+
+
 @ledger_app.command("export")
 def ledger_export(
     genesis: Annotated[Path, _GENESIS_OPT],

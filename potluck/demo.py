@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from potluck.errors import PotluckError
+from potluck.ledger.core import AccountState
+from potluck.ledger.entry import Entry
 from potluck.ledger.genesis import Economy, Genesis, init_swarm
 from potluck.model import load_config, model_identity, num_blocks, resolve_model
 from potluck.testing.swarm import LocalSwarm, NodeProcess
@@ -183,20 +186,27 @@ def run_demo(
         console.print("all nodes stopped")
 
 
-def _read_ledger(data_dir: Path, genesis: Genesis) -> tuple[dict[str, tuple[int, int]], int, int]:
-    """`({account: (balance, slashed)}, mints, slashes)` from a node's ledger file."""
+@dataclass(frozen=True)
+class LedgerView:
+    """What the demo reads from a node's ledger file."""
+
+    states: dict[str, AccountState]  # by account
+    unreceived: int  # mints and other transfers to the demo's accounts not yet received
+    mints: int
+    slashes: list[Entry]
+
+
+def _read_ledger(data_dir: Path, genesis: Genesis, accounts: Iterable[str]) -> LedgerView:
     from potluck.ledger.core import Ledger
     from potluck.ledger.store import LEDGER_FILE, SqliteBackend
 
     with SqliteBackend(data_dir / LEDGER_FILE, readonly=True) as backend:
         ledger = Ledger(genesis, backend)
-        accounts = {}
-        for account in backend.tips():
-            state = ledger.account(account)
-            accounts[account] = (state.balance, state.slashed)
-        mints = len(backend.by_kind("mint"))
-        slashes = len(backend.by_kind("slash"))
-    return accounts, mints, slashes
+        states = {account: ledger.account(account) for account in accounts}
+        unreceived = sum(len(ledger.receivable(account)) for account in states)
+        return LedgerView(
+            states, unreceived, len(backend.by_kind("mint")), backend.by_kind("slash")
+        )
 
 
 def _wait_for_mints(
@@ -206,8 +216,7 @@ def _wait_for_mints(
     accounts: dict[str, str],
     timeout: float,
 ) -> None:
-    """Wait until the servers' mints are received and the cheater is slashed."""
-    servers = [a for name, a in accounts.items() if name.startswith("server")]
+    """Wait until mints were written and received, and the cheater was slashed."""
     console.print(
         f"waiting for the epoch to end (every {genesis.economy.epoch_seconds} s) "
         "and the servers to receive their mints..."
@@ -215,11 +224,10 @@ def _wait_for_mints(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            balances, mints, slashes = _read_ledger(data_dir, genesis)
+            view = _read_ledger(data_dir, genesis, accounts.values())
         except (PotluckError, sqlite3.Error):  # the file may be mid-creation; try again
-            balances, mints, slashes = {}, 0, 0
-        earned = [a for a in servers if balances.get(a, (0, 0))[0] > 0]
-        if mints and slashes and earned:
+            view = None
+        if view and view.mints and view.slashes and not view.unreceived:
             return
         time.sleep(2)
     console.print("[yellow]gave up waiting; balances so far:[/]")
@@ -228,11 +236,23 @@ def _wait_for_mints(
 def _print_balances(
     console: Console, data_dir: Path, genesis: Genesis, accounts: dict[str, str]
 ) -> None:
-    balances, mints, slashes = _read_ledger(data_dir, genesis)
-    table = Table(title=f"balances on the bootstrap's ledger ({mints} mints, {slashes} slashes)")
+    view = _read_ledger(data_dir, genesis, accounts.values())
+    names = {account: name for name, account in accounts.items()}
+    for slash in view.slashes:
+        body = slash.body
+        accuser = body["evidence"].get("accuser")
+        how = "a validator's probe" if accuser in genesis.validators else "a client's spot-check"
+        console.print(
+            f"[red]slashed[/] {names.get(body['account'], body['account'][:12])}: "
+            f"{body['reason']}, {body['amount']} points, caught by {how}"
+        )
+    title = f"balances on the bootstrap's ledger ({view.mints} mints, {len(view.slashes)} slashes)"
+    table = Table(title=title)
     for column in ("node", "account", "balance", "slashed", "available"):
         table.add_column(column, justify="right" if column != "node" else "left")
     for name, account in accounts.items():
-        balance, slashed = balances.get(account, (0, 0))
-        table.add_row(name, account[:12], str(balance), str(slashed), str(balance - slashed))
+        state = view.states[account]
+        table.add_row(
+            name, account[:12], str(state.balance), str(state.slashed), str(state.available)
+        )
     console.print(table)

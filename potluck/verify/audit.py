@@ -6,20 +6,28 @@ validator's `audit` entries of result `evidence`, named by hash. Anyone with
 a replica and the model's blocks can redo the referee's work:
 `audit_slashes` finds each slash, gathers its chunks, recomputes the span
 and checks that the ruling names the slashed account for the stated reason.
+
+`audit_ledger` does that for a node's ledger file, together with
+`potluck.ledger.tools.audit_balances` (every balance equals grants plus mints
+plus sends received, minus spends, less slashes): `potluck ledger audit`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from potluck.errors import InvalidEvidence
+from potluck.errors import ConfigError, InvalidEvidence
 from potluck.ledger.core import Ledger
+from potluck.ledger.genesis import Genesis
+from potluck.ledger.store import LEDGER_FILE, SqliteBackend
+from potluck.ledger.tools import BalanceAudit, audit_balances
 from potluck.verify.referee import reverify
 
-__all__ = ["SlashCheck", "audit_slashes"]
+__all__ = ["LedgerAudit", "SlashCheck", "audit_ledger", "audit_slashes"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,41 @@ def audit_slashes(
         )
         results.append(SlashCheck(slash.hash, account, reason, amount, ok, detail))
     return results
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    balances: BalanceAudit
+    slashes: list[SlashCheck]
+    recomputed: bool  # whether slashes were re-verified (a model was given)
+
+    @property
+    def ok(self) -> bool:
+        return self.balances.ok and all(check.ok for check in self.slashes)
+
+
+def audit_ledger(data_dir: Path, genesis: Genesis, *, model: str | None = None) -> LedgerAudit:
+    """Audit the balances of the ledger in `data_dir` and, given the swarm's `model`
+    (a name or folder), re-verify every slash by recomputation. Read-only."""
+    from potluck.model import BlockSpan, load_config, model_identity, num_blocks, resolve_model
+
+    span = None
+    if model is not None:
+        path = resolve_model(model)
+        if model_identity(path) != genesis.model_identity:
+            raise ConfigError(f"{model} is not the model of swarm {genesis.name!r}")
+        span = BlockSpan.load(path, 0, num_blocks(load_config(path)))
+    with SqliteBackend(data_dir / LEDGER_FILE, readonly=True) as backend:
+        backend.claim_swarm(genesis.swarm_id)
+        ledger = Ledger(genesis, backend)
+        balances = audit_balances(ledger)
+        slashes: list[SlashCheck] = []
+        if span is not None:
+            recompute_span = span
+
+            def recompute(history: torch.Tensor, start: int, end: int) -> torch.Tensor:
+                out = recompute_span.forward(history, None, start=start, end=end)
+                return out.float()
+
+            slashes = audit_slashes(ledger, recompute)
+    return LedgerAudit(balances, slashes, span is not None)
