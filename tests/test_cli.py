@@ -45,6 +45,7 @@ def test_the_tree_holds_the_documented_commands() -> None:
         ("ledger", "status"),
         ("ledger", "verify"),
         ("ledger", "export"),
+        ("ledger", "audit"),
     }
 
 
