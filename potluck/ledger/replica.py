@@ -29,7 +29,6 @@ import functools
 import logging
 import random
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,7 +54,6 @@ from potluck.ledger.sync import (
 )
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
-from potluck.p2p.identity import Identity
 from potluck.p2p.pubsub import MAX_PUBLISH_BYTES, Topics
 from potluck.wire import (
     MAX_LEDGER_ENTRIES,
@@ -531,7 +529,7 @@ class Replica:
                 nursery.start_soon(one, peer_id, addrs)
         return gained
 
-    def _checkpoint_basis(self) -> dict[str, object]:
+    def checkpoint_basis(self) -> dict[str, object]:
         """What a new checkpoint would certify, less the validators' own checkpoints.
 
         Validators' checkpoints move each other's frontier; counting them would
@@ -546,39 +544,6 @@ class Replica:
                 if latest is not None:
                     basis[f"{validator}:{kind}"] = latest.hash
         return basis
-
-    async def checkpoint_loop(self, validator: Identity, interval: float) -> None:
-        """As a validator: sign a checkpoint of the frontier whenever it moved."""
-        from potluck.ledger.wallet import author_entry
-
-        account = validator.public_bytes.hex()
-        last: dict[str, object] | None = None
-        while True:
-            await trio.sleep(interval)
-            basis = await self.db(self._checkpoint_basis)
-            if not basis or basis == last:
-                continue
-            frontier = await self.db(self.ledger.frontier)
-            frontier.pop(account, None)
-            state = await self.db(self.ledger.account, account)
-            try:
-                entry = author_entry(
-                    validator,
-                    self.ledger.swarm_id,
-                    state,
-                    "checkpoint",
-                    {"frontier": {a: [seq, h] for a, (seq, h) in sorted(frontier.items())}},
-                    now_ms=int(time.time() * 1000),
-                )
-            except LedgerError as exc:
-                log.warning("cannot checkpoint %d accounts: %s", len(frontier), exc)
-                last = basis
-                continue
-            report = await self.submit([entry])
-            if report.accepted:
-                last = basis
-            else:
-                log.warning("checkpoint refused: %s", report.rejected[0][1])
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Catch up with the known peers, then push and sync until cancelled."""

@@ -3,8 +3,9 @@ own account on it.
 
 `NodeLedger` is the node's one writer for its account: it records the usage
 receipts clients sign when they close a session, receives the points sent to
-the account (mints above all), and keeps the set of slashed peers that the
-node leaves out of the swarm views it gives.
+the account (mints above all), and keeps the set of peers that a validator
+convicted of a wrong output, which the node leaves out of the swarm views it
+gives (a client fined for a false accusation is slashed, not convicted).
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ class NodeLedger:
         self._queue_in, self._queue_out = trio.open_memory_channel[dict[str, Any]](
             MAX_QUEUED_RECEIPTS
         )
-        #: Accounts slashed on this replica, by points taken, and their peer IDs.
+        #: Accounts slashed on this replica, by points taken.
         self.slashed: dict[str, int] = {}
-        self.slashed_peers: frozenset[str] = frozenset()
+        #: Accounts a validator slashed for a wrong output, and their peer IDs.
+        self.convicted: frozenset[str] = frozenset()
+        self.convicted_peers: frozenset[str] = frozenset()
         self.receipts_recorded = 0
         self.receipts_refused = 0
 
@@ -130,9 +133,18 @@ class NodeLedger:
             await trio.sleep(interval)
 
     async def refresh_slashed(self) -> None:
-        slashed = await self.replica.db(self.replica.ledger.slashed)
-        self.slashed = slashed
-        self.slashed_peers = frozenset(peer_id_of_account(a) for a in slashed)
+        ledger = self.replica.ledger
+
+        def read() -> tuple[dict[str, int], frozenset[str]]:
+            convicted = frozenset(
+                str(e.body["account"])
+                for e in ledger.backend.by_kind("slash")
+                if e.author in ledger.validators and e.body.get("reason") == "wrong_output"
+            )
+            return ledger.slashed(), convicted
+
+        self.slashed, self.convicted = await self.replica.db(read)
+        self.convicted_peers = frozenset(peer_id_of_account(a) for a in self.convicted)
 
     async def slashed_loop(self, interval: float) -> None:
         while True:

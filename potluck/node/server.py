@@ -47,11 +47,13 @@ from potluck import __version__
 from potluck.errors import (
     FrameError,
     InvalidSignature,
+    LedgerError,
     MessageError,
     PotluckError,
     RemoteError,
     SpanError,
     TensorError,
+    VerificationError,
     WireError,
 )
 from potluck.model import (
@@ -202,8 +204,9 @@ class Server:
         return sign_announcement(info, self.host.identity)
 
     def excluded(self) -> frozenset[str]:
-        """Peers this node's ledger shows slashed: left out of the views it gives."""
-        return self.ledger.slashed_peers if self.ledger is not None else frozenset()
+        """Peers this node's ledger shows convicted of a wrong output: left out of the
+        views it gives."""
+        return self.ledger.convicted_peers if self.ledger is not None else frozenset()
 
     def swarm_view(self) -> SwarmView:
         now = self.clock()
@@ -421,7 +424,14 @@ class Server:
             return
         try:
             reply = await self._rpc(decode_message(payload), stream.remote_peer)
-        except (WireError, RemoteError, SpanError, InvalidSignature) as exc:
+        except (
+            WireError,
+            RemoteError,
+            SpanError,
+            InvalidSignature,
+            VerificationError,
+            LedgerError,
+        ) as exc:
             reply = self._error(exc)
         await stream.send(reply)
 

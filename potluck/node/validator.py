@@ -53,7 +53,6 @@ from potluck.errors import (
     remote_error,
 )
 from potluck.ledger.economy import Capacity, capacity_audit_body, epoch_of, mint_body, plan_mints
-from potluck.ledger.entry import VALIDATOR_KINDS
 from potluck.model import ClientHead, load_config, num_blocks
 from potluck.p2p.announce import account_of_peer
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
@@ -145,7 +144,7 @@ class Validator:
         last: dict[str, object] | None = None
         while True:
             await trio.sleep(interval)
-            basis = await self.replica.db(self._checkpoint_basis)
+            basis = await self.replica.db(self.replica.checkpoint_basis)
             if not basis or basis == last:
                 continue
             frontier = await self.replica.db(self.replica.ledger.frontier)
@@ -156,21 +155,6 @@ class Validator:
                 last = basis
             except (LedgerError, NetworkError) as exc:
                 log.warning("checkpoint of %d accounts failed: %s", len(frontier), exc)
-                last = basis
-
-    def _checkpoint_basis(self) -> dict[str, object]:
-        """What a checkpoint would certify, less validators' own checkpoints (which
-        would otherwise make validators checkpoint each other forever)."""
-        ledger = self.replica.ledger
-        basis: dict[str, object] = {
-            a: h for a, h in ledger.frontier().items() if a not in ledger.validators
-        }
-        for validator in sorted(ledger.validators):
-            for kind in VALIDATOR_KINDS - {"checkpoint"}:
-                latest = ledger.backend.latest(validator, kind)
-                if latest is not None:
-                    basis[f"{validator}:{kind}"] = latest.hash
-        return basis
 
     # -- referee ---------------------------------------------------------------
 
@@ -497,7 +481,7 @@ class Validator:
             epoch=epoch,
             receipts=receipts,
             capacities=capacities,
-            excluded=set(self.ledger.slashed),
+            excluded=self.ledger.convicted,
             num_blocks=blocks,
             economy=self.economy,
             validators=len(self.genesis.validators),

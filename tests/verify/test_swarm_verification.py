@@ -16,14 +16,19 @@ import pytest
 import torch
 
 from potluck.client import AutoDistributedModelForCausalLM, DistributedModelForCausalLM
+from potluck.client.runtime import ClientRuntime
 from potluck.ledger.core import Ledger
-from potluck.ledger.economy import Capacity, capacity_from_audit
+from potluck.ledger.economy import Capacity, capacity_from_audit, sign_receipt
 from potluck.ledger.entry import Entry
 from potluck.ledger.genesis import Economy, Genesis, init_swarm
 from potluck.ledger.store import LEDGER_FILE, SqliteBackend
+from potluck.ledger.wallet import RemoteReplica, Wallet
 from potluck.model import model_identity
 from potluck.p2p.announce import account_of_peer
+from potluck.p2p.identity import Identity, load_or_create_identity
+from potluck.p2p.protocols import PROTOCOL_RPC
 from potluck.testing.swarm import LocalSwarm, NodeProcess
+from potluck.wire import Dispute, ErrorReply, Forward, ForwardResult, Message
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +203,28 @@ def test_a_probe_catches_a_cheater_no_client_checked(tiny_model: Path, tmp_path:
             60,
             "a probe to catch the cheater",
         )
+        # bad disputes get typed errors, and the validator goes on serving
+        runtime = ClientRuntime(Identity.generate())
+        try:
+            validator, server = nodes["validator"], nodes["cheater"]
+            hidden = torch.zeros(1, 1, 64)
+
+            async def ask(node: NodeProcess, msg: Message) -> Message:
+                return await runtime.host.request(
+                    node.peer_id, PROTOCOL_RPC, msg, addrs=[node.addr]
+                )
+
+            garbage = Dispute("{}", hidden, hidden, hidden)
+            reply = runtime.run(ask, validator, garbage)
+            assert isinstance(reply, ErrorReply) and reply.code == "invalid_evidence", reply
+            reply = runtime.run(ask, validator, Dispute("not json", hidden, hidden, hidden))
+            assert isinstance(reply, ErrorReply) and reply.code == "invalid_evidence", reply
+            reply = runtime.run(ask, server, garbage)
+            assert isinstance(reply, ErrorReply) and reply.code == "not_a_validator", reply
+            reply = runtime.run(ask, validator, Forward(0, 6, torch.randn(1, 3, 64)))
+            assert isinstance(reply, ForwardResult) and reply.signature
+        finally:
+            runtime.close()
 
 
 def test_self_dealing_earns_no_more_than_verified_capacity(
@@ -205,11 +232,6 @@ def test_self_dealing_earns_no_more_than_verified_capacity(
 ) -> None:
     """A server that records receipts from fake clients for a billion tokens is minted
     exactly what its probe-verified capacity caps: no more than honest full use."""
-
-    from potluck.client.runtime import ClientRuntime
-    from potluck.ledger.economy import sign_receipt
-    from potluck.ledger.wallet import RemoteReplica, Wallet
-    from potluck.p2p.identity import Identity, load_or_create_identity
 
     epoch = 8
     genesis, key = make_genesis(
