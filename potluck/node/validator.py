@@ -16,11 +16,13 @@ and, when it also holds the model's blocks (`--model`, normally all of them):
   a debt if it holds fewer), carrying the evidence; the history goes into `audit` entries of result
   `evidence`. If both answers were right, the accuser pays
   `economy.dispute_fee` instead (reason `false_accusation`).
-- **probes**: every `probe_seconds`, each server is sent a short session of
-  its own (a prompt of random tokens and a few decode steps, through the same
-  inference protocol as any client), timed for capacity and uptime, and every
-  output is compared with the validator's own computation. A wrong one is
-  refereed like a dispute, with the validator as checker and accuser.
+- **probes**: every `probe_seconds` (jittered), each server is sent a short
+  session of its own (a prompt of random tokens and a few decode steps, of
+  random lengths, through the same inference protocol as any client) from a
+  libp2p host with a fresh key for each round, so that a server cannot tell
+  probes from clients by the peer. Each is timed for capacity and uptime, and
+  every output is compared with the validator's own computation. A wrong one
+  is refereed like a dispute, with the validator as checker and accuser.
 - **mints**: when an epoch ends, the validator records each probed server's
   measured capacity (`audit` with result `capacity`) and mints to every
   server in good standing what `potluck.ledger.economy.plan_mints` gives:
@@ -55,6 +57,8 @@ from potluck.errors import (
 from potluck.ledger.economy import Capacity, capacity_audit_body, epoch_of, mint_body, plan_mints
 from potluck.model import ClientHead, load_config, num_blocks
 from potluck.p2p.announce import account_of_peer
+from potluck.p2p.host import PotluckHost, open_host
+from potluck.p2p.identity import Identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
 from potluck.verify.commitment import (
     ZERO_CHAIN,
@@ -91,8 +95,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROBE_PROMPT = 8
-PROBE_DECODE = 4
+PROBE_PROMPT = (4, 32)
+"""Prompt tokens of a probe session, drawn uniformly from this range."""
+PROBE_DECODE = (2, 8)
+"""Decode steps of a probe session, drawn uniformly from this range."""
 
 
 @dataclass
@@ -281,8 +287,18 @@ class Validator:
     async def probe_loop(self, interval: float) -> None:
         while True:  # jittered, so that servers cannot time their honesty around probes
             await trio.sleep(interval * random.uniform(0.5, 1.5))
-            for target in self._probe_targets():
-                await self.probe(target)
+            targets = self._probe_targets()
+            if not targets:
+                continue
+            config = self.server.config
+            async with open_host(
+                Identity.generate(),
+                host=config.host,
+                max_frame=config.max_frame,
+                timeout=config.request_timeout,
+            ) as host:
+                for target in targets:
+                    await self.probe(target, host)
 
     def _stats_for(self, target: ServerInfo) -> ProbeStats:
         epoch = epoch_of(int(self.clock() * 1000), self.economy)
@@ -298,8 +314,9 @@ class Validator:
             self._head = ClientHead.load(self.server.model.path)
         return self._head
 
-    async def probe(self, target: ServerInfo) -> bool:
-        """One probe session of `target`; whether it answered correctly."""
+    async def probe(self, target: ServerInfo, host: PotluckHost | None = None) -> bool:
+        """One probe session of `target` (from `host`, by default the node's own);
+        whether it answered correctly."""
         span = self.server.span
         if span is None or not span.start <= 0 < target.end <= span.end:
             return False
@@ -313,10 +330,12 @@ class Validator:
         chain = ZERO_CHAIN
         steps: list[int] = []
         history: list[torch.Tensor] = []
-        total = PROBE_PROMPT + PROBE_DECODE
+        prompt, decode = random.randint(*PROBE_PROMPT), random.randint(*PROBE_DECODE)
+        total = prompt + decode
+        host = host or self.server.host
         try:
             with trio.fail_after(self.server.config.request_timeout):
-                stream = await self.server.host.open_stream(
+                stream = await host.open_stream(
                     target.peer_id, PROTOCOL_INFERENCE, addrs=target.addrs
                 )
             try:
@@ -324,8 +343,8 @@ class Validator:
                     await stream.send(OpenSession(session, target.start, target.end, total))
                     _expect(await stream.receive(), SessionOpened, target.peer_id)
                 decode_seconds = 0.0
-                for step in range(1 + PROBE_DECODE):
-                    n = PROBE_PROMPT if step == 0 else 1
+                for step in range(1 + decode):
+                    n = prompt if step == 0 else 1
                     ids = torch.randint(0, vocab, (1, n))
 
                     def inputs(ids: torch.Tensor = ids) -> torch.Tensor:
@@ -378,7 +397,7 @@ class Validator:
             log.info("probe of %s failed: %s", target.peer_id, exc)
             return False
         stats.answered += 1
-        stats.tokens_per_s.append(PROBE_DECODE / max(decode_seconds, 1e-6))
+        stats.tokens_per_s.append(decode / max(decode_seconds, 1e-6))
         return True
 
     async def _convict_probed(
