@@ -99,7 +99,8 @@ class HopSession:
         self.history: list[torch.Tensor] = []  # inputs sent, for replay
         self.steps: list[int] = []  # tokens in each step
         self.chain = ZERO_CHAIN  # input chain of the steps so far (the server signs it)
-        self.samples: list[Sample] = []  # sampled replies awaiting the spot-check
+        self.replies: list[Sample] = []  # replies kept for the spot-check (with a checker)
+        self.check_upto = -1  # the last step drawn for a spot-check (-1: none)
         self.checker = checker
         self.swarm_id = swarm_id
         self.swarm: str = ZERO_CHAIN  # the swarm the server signs for

@@ -5,13 +5,16 @@ Every step's reply is checked against its commitment as it arrives
 received, and the server's signature must verify over it. A hop whose
 commitment fails is treated like a failed hop and replaced.
 
-A `SpotChecker` samples a fraction `rate` of each hop's steps with a secret
+A `SpotChecker` draws a fraction `rate` of each hop's steps with a secret
 (`potluck.verify.sampling.Sampler`); the checked server sees nothing
-different. When the session closes, the client sends each sampled hop's
-input history, up to its last sampled step, as one stateless `Forward` to a
-second server over the same blocks (a validator where one serves them) and
-compares the sampled steps' outputs with the checker's rows
-(`potluck.verify.fingerprint.compare`). A mismatch becomes a `Dispute` sent
+different. When the session closes, the client refreshes its swarm view and,
+for every hop that drew a step (all hops at once), sends the hop's input
+history up to its last drawn step as one stateless `Forward` to a second
+server over the same blocks (a validator where one serves them, else another
+server; the next one if it fails). That one recomputation yields every step
+up to the drawn one, so the client compares them all with what the hop
+returned (`potluck.verify.fingerprint.compare`): a step is checked whenever
+a later step of its hop is drawn. A mismatch becomes a `Dispute` sent
 to a validator, whose `Verdict` names who was wrong; those servers are
 excluded from this client's routes for good.
 """
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 import trio
 
-from potluck.errors import BadCommitment, PotluckError, VerificationError
+from potluck.errors import BadCommitment, PotluckError
 from potluck.p2p.announce import account_of_peer, peer_id_of_account
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.protocols import PROTOCOL_RPC
@@ -97,10 +100,10 @@ def verify_step(
 class SpotCheckStats:
     """What a client's spot-checks did."""
 
-    sampled: int = 0  # steps drawn for checking
-    checked: int = 0  # sampled steps actually compared with a checker
-    unchecked: int = 0  # sampled steps with no checker available
-    mismatches: int = 0
+    sampled: int = 0  # steps drawn (each makes its hop's steps up to it checked)
+    checked: int = 0  # steps compared with a checker's recomputation
+    unchecked: int = 0  # steps that should have been compared, but no checker answered
+    mismatches: int = 0  # compared steps that did not match
     verdicts: list[Verdict] = field(default_factory=list)
 
 
@@ -130,12 +133,13 @@ class SpotChecker:
         return self.validators is None or account_of_peer(server.peer_id) in self.validators
 
     def sample(self, hop: HopSession, reply: StepResult) -> None:
-        """Keep the reply of `hop`'s current step if it is drawn."""
+        """Keep `hop`'s reply, and draw whether to check up to this step."""
+        hop.replies.append(
+            Sample(reply.step, reply.hidden, reply.signature, reply.dtype, reply.swarm)
+        )
         if self.sampler.should_check(hop.session_id, 0, reply.step):
             self.stats.sampled += 1
-            hop.samples.append(
-                Sample(reply.step, reply.hidden, reply.signature, reply.dtype, reply.swarm)
-            )
+            hop.check_upto = reply.step
 
     def checkers(self, hop: HopSession) -> list[ServerInfo]:
         """Servers that can re-run `hop`'s blocks: validators first, never the hop itself."""
@@ -150,17 +154,30 @@ class SpotChecker:
         return validators + others
 
     async def check(self, host: PotluckHost, hops: list[HopSession]) -> set[str]:
-        """Spot-check every hop's samples; the peer IDs found wrong."""
+        """Spot-check every hop that drew a step, all at once; the peer IDs found wrong."""
+        drawn = [hop for hop in hops if hop.check_upto >= 0]
         guilty: set[str] = set()
-        for hop in hops:
-            if not hop.samples:
-                continue
+        if not drawn:
+            return guilty
+        try:  # announcements expire: a long session's view may have lost its checkers
+            with trio.fail_after(self.timeout):
+                await self.swarm.refresh(host)
+        except (PotluckError, trio.TooSlowError) as exc:
+            log.warning("could not refresh the swarm view before spot-checks: %s", exc)
+
+        async def one(hop: HopSession) -> None:
+            steps = hop.check_upto + 1
             try:
-                guilty |= await self._check_hop(host, hop)
+                guilty.update(await self._check_hop(host, hop))
             except (PotluckError, trio.TooSlowError) as exc:
                 log.warning("spot-check of %s failed to run: %s", hop.hop.peer_id, exc)
-                self.stats.unchecked += len(hop.samples)
-            hop.samples.clear()
+                self.stats.unchecked += steps
+            hop.replies.clear()
+            hop.check_upto = -1
+
+        async with trio.open_nursery() as nursery:
+            for hop in drawn:
+                nursery.start_soon(one, hop)
         for peer in guilty:
             self.swarm.exclude(peer)
         return guilty
@@ -195,37 +212,49 @@ class SpotChecker:
         return reply, commitment
 
     async def _check_hop(self, host: PotluckHost, hop: HopSession) -> set[str]:
-        checkers = self.checkers(hop)
-        if not checkers:
-            log.info("no second server covers %d:%d: steps unchecked", hop.hop.start, hop.hop.end)
-            self.stats.unchecked += len(hop.samples)
-            return set()
-        checker = checkers[0]
-        steps = hop.steps
-        upto = max(s.step for s in hop.samples)
-        history = torch.cat(hop.history, dim=1)[:, : sum(steps[: upto + 1])].contiguous()
-        reply, _ = await self._forward(host, checker, hop, history)
-        guilty: set[str] = set()
-        for sample in hop.samples:
-            end = sum(steps[: sample.step + 1])
-            n = steps[sample.step]
-            reference = reply.hidden[:, end - n : end]
-            self.stats.checked += 1
-            verdict = compare(sample.outputs, reference, sample.dtype, reply.dtype)
-            if verdict.matches:
-                continue
-            self.stats.mismatches += 1
+        """Recompute `hop`'s history up to its last drawn step on a checker and compare
+        every step up to there (the recomputation covers them all)."""
+        steps = hop.steps[: hop.check_upto + 1]
+        history = torch.cat(hop.history, dim=1)[:, : sum(steps)].contiguous()
+        reply: ForwardResult | None = None
+        checker: ServerInfo | None = None
+        for checker in self.checkers(hop):
+            try:
+                reply, _ = await self._forward(host, checker, hop, history)
+                break
+            except (PotluckError, trio.TooSlowError) as exc:
+                log.warning("checker %s failed: %s", checker.peer_id, exc)
+        if reply is None or checker is None:
             log.warning(
-                "spot-check: %s step %d off by %.2e (tolerance %.1e) against %s",
+                "no second server re-ran blocks %d:%d of %s: %d steps unchecked",
+                hop.hop.start,
+                hop.hop.end,
                 hop.hop.peer_id,
-                sample.step,
-                verdict.max_error,
-                verdict.threshold,
-                checker.peer_id,
+                len(steps),
             )
-            guilty |= await self._dispute(host, hop, sample, checker, history[:, :end])
-            break  # one proven case per hop is enough
-        return guilty
+            self.stats.unchecked += len(steps)
+            return set()
+        wrong: list[tuple[Sample, int]] = []
+        end = 0
+        for kept, n in zip(hop.replies, steps, strict=False):
+            end += n
+            verdict = compare(kept.outputs, reply.hidden[:, end - n : end], kept.dtype, reply.dtype)
+            self.stats.checked += 1
+            if not verdict.matches:
+                wrong.append((kept, end))
+                log.warning(
+                    "spot-check: %s step %d off by %.2e (tolerance %.1e) against %s",
+                    hop.hop.peer_id,
+                    kept.step,
+                    verdict.max_error,
+                    verdict.threshold,
+                    checker.peer_id,
+                )
+        if not wrong:
+            return set()
+        self.stats.mismatches += len(wrong)
+        kept, end = wrong[0]  # one proven case per hop is enough
+        return await self._dispute(host, hop, kept, checker, history[:, :end])
 
     async def _dispute(
         self,
@@ -236,7 +265,7 @@ class SpotChecker:
         history: torch.Tensor,
     ) -> set[str]:
         """Send the case to a validator; the peers its verdict finds guilty (the
-        accused alone, banned locally, when no validator is known)."""
+        accused alone, excluded locally, when no validator referees it)."""
         validators = [
             s
             for s in self.swarm.servers(include_validators=True)
@@ -298,4 +327,5 @@ class SpotChecker:
                 self.stats.verdicts.append(verdict)
                 log.warning("verdict on case %s: %s", verdict.case[:12], verdict.message)
                 return {peer_id_of_account(a) for a in verdict.guilty}
-        raise VerificationError(f"no validator refereed the case against {hop.hop.peer_id}")
+        log.warning("no validator refereed %s: excluded locally only", hop.hop.peer_id)
+        return {hop.hop.peer_id}

@@ -37,6 +37,7 @@ from potluck.p2p.identity import Identity
 from potluck.wire import StepResult
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "DOMAIN",
     "ZERO_CHAIN",
     "Commitment",
@@ -49,6 +50,8 @@ __all__ = [
 
 DOMAIN = b"potluck/commitment/v1\x00"
 ZERO_CHAIN = "0" * 64
+COMPUTE_DTYPES = ("float32", "bfloat16")
+"""The dtypes a server may compute in: those with a calibrated comparison threshold."""
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -107,11 +110,13 @@ class Commitment:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadCommitment(f"commitment {name} must be a whole number")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in COMPUTE_DTYPES:
             raise BadCommitment(f"commitment dtype {self.dtype!r} is not a compute dtype")
         if not self.start < self.end:
             raise BadCommitment("commitment span must have start < end")
-        if self.signature and not _is_hex(self.signature, 128):
+        if not isinstance(self.signature, str) or (
+            self.signature and not _is_hex(self.signature, 128)
+        ):
             raise BadCommitment("commitment signature must be 128 hex digits")
 
     def payload(self) -> bytes:

@@ -178,9 +178,13 @@ def _check_hidden(value: object) -> None:
         raise TensorError(f"hidden must have shape (batch, seq, hidden) >= 1, got {meta.shape}")
 
 
+_COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def _check_dtype(value: object) -> None:
-    if value not in _HIDDEN_DTYPES:
-        raise MessageError(f"dtype must be one of {_HIDDEN_DTYPES}, got {_show(value)}")
+    """A compute dtype: one with a calibrated spot-check tolerance."""
+    if value not in _COMPUTE_DTYPES:
+        raise MessageError(f"dtype must be one of {_COMPUTE_DTYPES}, got {_show(value)}")
 
 
 def _float_field(name: str, value: object, *, minimum: float | None = None) -> float:

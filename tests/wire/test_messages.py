@@ -119,7 +119,7 @@ def forwards(draw: st.DrawFn) -> Forward:
 
 hex64 = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 signatures = st.from_regex(r"[0-9a-f]{128}", fullmatch=True) | st.just("")
-dtypes = st.sampled_from(["float32", "bfloat16", "float16"])
+dtypes = st.sampled_from(["float32", "bfloat16"])
 wire_entries = st.lists(
     st.tuples(
         st.text(min_size=2, max_size=40),
