@@ -202,7 +202,8 @@ def demo(
         Path | None, typer.Option(help="Directory for the nodes' data (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Start a bootstrap node and three servers on 127.0.0.1 and chat through them.
+    """Start a swarm with a ledger on 127.0.0.1 (a bootstrap, a validator, three servers
+    and a cheater), chat through it, then show the cheater slashed and the balances.
 
     Example: potluck demo --keep-running
     """
@@ -308,6 +309,9 @@ def wallet_balance(
         frozen = " (FROZEN: this account forked its chain)" if view.state.frozen else ""
         print(f"account {wallet.account}")
         print(f"balance {view.state.balance}{frozen}")
+        if view.state.slashed:
+            state = view.state
+            print(f"slashed {state.slashed}, available {state.available}")
         pending = sum(e.amount for e in view.receivable)
         print(f"receivable {pending} in {len(view.receivable)} transfers")
 

@@ -29,6 +29,7 @@ from potluck.ledger.entry import Entry
 from potluck.ledger.genesis import Economy, Genesis, init_swarm
 from potluck.model import load_config, model_identity, num_blocks, resolve_model
 from potluck.testing.swarm import LocalSwarm, NodeProcess
+from potluck.verify.reputation import reputation
 
 DEMO_ECONOMY = Economy(
     grant_amount=1000,
@@ -150,8 +151,8 @@ def run_demo(
             if checker is not None:
                 stats = checker.stats
                 console.print(
-                    f"spot-checks: {stats.sampled} steps sampled, {stats.checked} checked, "
-                    f"{stats.mismatches} mismatches"
+                    f"spot-checks: {stats.sampled} steps drawn, {stats.checked} checked, "
+                    f"{stats.unchecked} unchecked, {stats.mismatches} mismatches"
                 )
                 for verdict in stats.verdicts:
                     console.print(f"[red]verdict[/] {verdict.message}")
@@ -191,6 +192,7 @@ class LedgerView:
     """What the demo reads from a node's ledger file."""
 
     states: dict[str, AccountState]  # by account
+    reputations: dict[str, float | None]  # by account
     unreceived: int  # mints and other transfers to the demo's accounts not yet received
     mints: int
     slashes: list[Entry]
@@ -204,9 +206,12 @@ def _read_ledger(data_dir: Path, genesis: Genesis, accounts: Iterable[str]) -> L
         ledger = Ledger(genesis, backend)
         states = {account: ledger.account(account) for account in accounts}
         unreceived = sum(len(ledger.receivable(account)) for account in states)
-        return LedgerView(
-            states, unreceived, len(backend.by_kind("mint")), backend.by_kind("slash")
-        )
+        audits, slashes = backend.by_kind("audit"), backend.by_kind("slash")
+        reputations = {
+            account: reputation(account, audits, slashes, validators=genesis.validators)
+            for account in states
+        }
+        return LedgerView(states, reputations, unreceived, len(backend.by_kind("mint")), slashes)
 
 
 def _wait_for_mints(
@@ -248,11 +253,17 @@ def _print_balances(
         )
     title = f"balances on the bootstrap's ledger ({view.mints} mints, {len(view.slashes)} slashes)"
     table = Table(title=title)
-    for column in ("node", "account", "balance", "slashed", "available"):
+    for column in ("node", "account", "balance", "slashed", "available", "reputation"):
         table.add_column(column, justify="right" if column != "node" else "left")
     for name, account in accounts.items():
         state = view.states[account]
+        rep = view.reputations[account]
         table.add_row(
-            name, account[:12], str(state.balance), str(state.slashed), str(state.available)
+            name,
+            account[:12],
+            str(state.balance),
+            str(state.slashed),
+            str(state.available),
+            "-" if rep is None else f"{rep:.2f}",
         )
     console.print(table)

@@ -38,7 +38,6 @@
     │   └── InvalidFraudProof        two entries that do not prove an equivocation
     └── VerificationError            a server's work that does not check out
         ├── BadCommitment            a commitment whose signature or digests do not match
-        ├── SpotCheckFailed          an output that disagrees with a recomputation
         └── InvalidEvidence          a dispute whose evidence does not hold up
 
 Errors raised locally while decoding untrusted bytes are `WireError`s; the
@@ -266,12 +265,6 @@ class BadCommitment(VerificationError):
     """A commitment whose signature, input digest or output digest does not match."""
 
     code = "bad_commitment"
-
-
-class SpotCheckFailed(VerificationError):
-    """An output that disagrees with a recomputation beyond the calibrated tolerance."""
-
-    code = "spot_check_failed"
 
 
 class InvalidEvidence(VerificationError):

@@ -249,14 +249,15 @@ class AutoDistributedModelForCausalLM:
         a hop slower than `step_timeout` for one step is replaced, as is one
         that dies or errs, up to `max_failovers` times per step.
 
-        With the swarm's `genesis` file, servers' commitments must be for that
-        swarm, validators are recognised by their genesis keys, a fraction
-        `spot_check_rate` of steps (default: the genesis's `spot_check_rate`)
-        is re-run on a second server, and every server that was not found
-        wrong gets a usage receipt signed with `identity` when a session
-        closes. Without a genesis, `spot_check_rate` (default 0) still
-        spot-checks, and servers found wrong are excluded from this client's
-        routes.
+        Every step's commitment is checked. With the swarm's `genesis` file,
+        commitments must be for that swarm, validators are recognised by their
+        genesis keys, and a fraction `spot_check_rate` of steps (default: the
+        genesis's `spot_check_rate`) is re-run on a second server. Without a
+        genesis, `spot_check_rate` (default 0) still spot-checks, trusting the
+        servers' `validator` flag. Servers found wrong are excluded from this
+        client's routes. When a session closes, every server that signed for a
+        swarm with a ledger and was not found wrong gets a usage receipt signed
+        with `identity`.
         """
         path = resolve_model(str(name_or_path))
         config = load_config(path)

@@ -98,7 +98,11 @@ class NodeConfig:
     genesis: Path | None = _opt(  # noqa: RUF009
         None, "Swarm genesis file (potluck swarm init); with it the node keeps a ledger replica."
     )
-    validator: bool = _opt(False, "Act as a validator: sign checkpoints (needs --validator-key).")
+    validator: bool = _opt(
+        False,
+        "Act as a validator (needs --validator-key): sign checkpoints; with --model, also "
+        "referee disputes, probe servers and mint each epoch.",
+    )
     validator_key: Path | None = _opt(  # noqa: RUF009
         None, "Validator key file written by `potluck swarm init` (validator-N.key)."
     )

@@ -300,10 +300,20 @@ class Server:
         budget = int(self.config.memory_budget * 2**30) or _available_memory() // 2
         return span_for_memory(budget, self.model.bytes_per_block, self.model.num_blocks)
 
+    def _route_servers(self, me: str) -> list[ServerInfo]:
+        """Live servers that clients route through: not this one, not validators
+        (they only check), not convicted ones."""
+        excluded = self.excluded()
+        return [
+            s
+            for s in self.peers.live(self.clock())
+            if s.peer_id != me and not s.validator and s.peer_id not in excluded
+        ]
+
     def choose_blocks(self) -> tuple[int, int]:
         """The contiguous blocks where the swarm (as this node sees it) is weakest."""
         assert self.model is not None
-        view = [s for s in self.peers.live(self.clock()) if s.peer_id != self.host.peer_id]
+        view = self._route_servers(self.host.peer_id)
         throughputs = block_throughputs(view, self.model.num_blocks, model=self.model_id)
         return choose_span(throughputs, self.block_count())
 
@@ -329,7 +339,7 @@ class Server:
         own = self.server_info()
         if own is None or self.model is None:
             return None
-        view = [s for s in self.peers.live(self.clock()) if s.peer_id != own.peer_id]
+        view = self._route_servers(own.peer_id)
         target = plan_move(
             [*view, own], self.model.num_blocks, own, margin=self.config.rebalance_margin
         )

@@ -7,6 +7,7 @@ created with mode 0600 and refused if anyone but the owner can read it.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -44,10 +45,13 @@ class Identity:
         )
         return cls(raw)
 
-    @property
+    @functools.cached_property
+    def _key(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(self.private_bytes)
+
+    @functools.cached_property
     def public_bytes(self) -> bytes:
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(self.private_bytes)
-        return key.public_key().public_bytes(
+        return self._key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
@@ -62,8 +66,7 @@ class Identity:
         return str(ID.from_pubkey(self.keypair().public_key).to_base58())
 
     def sign(self, data: bytes) -> bytes:
-        key = ed25519.Ed25519PrivateKey.from_private_bytes(self.private_bytes)
-        return key.sign(data)
+        return self._key.sign(data)
 
 
 def load_or_create_identity(data_dir: Path) -> Identity:

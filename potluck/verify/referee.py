@@ -49,6 +49,7 @@ from potluck.wire.tensors import TensorMeta, tensor_from_bytes, tensor_to_bytes
 
 __all__ = [
     "CHUNK_BYTES",
+    "MAX_CHUNKS",
     "Evidence",
     "Ruling",
     "check_evidence",
@@ -66,6 +67,8 @@ __all__ = [
 
 CHUNK_BYTES = 96 * 1024
 """Compressed history bytes per evidence `audit` entry (base64 keeps it under 256 KiB)."""
+MAX_CHUNKS = 1024
+"""Most evidence entries one case may take (about 96 MiB of compressed history)."""
 MAX_EVIDENCE_TOKENS = 1 << 16
 
 
@@ -266,9 +269,12 @@ def unpack_tensor(obj: object, *, max_bytes: int = 1 << 28) -> torch.Tensor:
 
 def history_chunks(history: torch.Tensor) -> tuple[dict[str, Any], list[str]]:
     """The history as a header (dtype, shape, sha256) and base64 pieces of its
-    compressed bytes, each small enough for one ledger entry."""
+    compressed bytes, each small enough for one ledger entry; `InvalidEvidence`
+    past `MAX_CHUNKS` pieces."""
     meta, data = tensor_to_bytes(history)
     packed = zlib.compress(data, 6)
+    if len(packed) > MAX_CHUNKS * CHUNK_BYTES:
+        raise InvalidEvidence(f"the history is too long to record ({len(packed)} bytes packed)")
     pieces = [
         base64.b64encode(packed[i : i + CHUNK_BYTES]).decode("ascii")
         for i in range(0, len(packed), CHUNK_BYTES)

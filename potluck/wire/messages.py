@@ -721,7 +721,8 @@ class AccountReply(Message):
 
 MAX_EVIDENCE_TEXT = 1 << 20
 """Longest `Dispute.evidence` JSON, in characters."""
-MAX_GUILTY = 16
+MAX_VERDICT_ENTRIES = 4096
+"""Most accounts or entry hashes a `Verdict` lists."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -731,15 +732,15 @@ class Dispute(Message):
     `evidence` is JSON (see `potluck.verify.referee.Evidence`): the accused's
     and the checker's commitments and the shape of the session's steps.
     `history` holds every input of the accused session up to the disputed
-    step, `outputs` the accused's output for that step and `checked` the
-    checker's output for the same positions."""
+    step, `outputs` the disputed row of the accused's output for that step and
+    `checked` the checker's row for the same position."""
 
     _TENSORS: ClassVar[tuple[str, ...]] = ("history", "outputs", "checked")
 
     evidence: str
     history: torch.Tensor  # (batch, tokens so far, hidden)
-    outputs: torch.Tensor  # (batch, step tokens, hidden)
-    checked: torch.Tensor  # (batch, step tokens, hidden)
+    outputs: torch.Tensor  # (1, 1, hidden)
+    checked: torch.Tensor  # (1, 1, hidden)
 
     def __post_init__(self) -> None:
         _check_str("evidence", self.evidence, MAX_EVIDENCE_TEXT)
@@ -761,7 +762,7 @@ class Verdict(Message):
         _check_hex64("case", self.case)
         for name in ("guilty", "entries"):
             value = getattr(self, name)
-            if not isinstance(value, tuple) or len(value) > MAX_GUILTY * 8:
+            if not isinstance(value, tuple) or len(value) > MAX_VERDICT_ENTRIES:
                 raise MessageError(f"{name} must be a short tuple of hex ids")
             for item in value:
                 _check_hex64(f"{name}[]", item)

@@ -187,6 +187,15 @@ def test_history_chunks_rebuild_the_history_and_detect_tampering() -> None:
         history_from_chunks(header, pieces[::-1])
 
 
+def test_history_chunks_refuse_a_history_past_the_chunk_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("potluck.verify.referee.MAX_CHUNKS", 2)
+    history = torch.randn(1, 300, 256)  # random floats barely compress: more than 2 chunks
+    with pytest.raises(InvalidEvidence, match="too long"):
+        history_chunks(history)
+
+
 def test_a_ledger_packed_slash_reverifies_from_its_chunks_alone(span: BlockSpan) -> None:
     case = make_case(span, corrupt=1e-2)
     header, pieces = history_chunks(case.history)
