@@ -108,6 +108,18 @@ def node_start(
         float, typer.Option(help=_HELP["probe_interval"])
     ] = _DEFAULT.probe_interval,
     cheat: Annotated[str | None, typer.Option(help=_HELP["cheat"])] = None,
+    compute_slots: Annotated[
+        int, typer.Option(help=_HELP["compute_slots"])
+    ] = _DEFAULT.compute_slots,
+    paid_slots: Annotated[int, typer.Option(help=_HELP["paid_slots"])] = _DEFAULT.paid_slots,
+    priority_aging: Annotated[
+        float, typer.Option(help=_HELP["priority_aging"])
+    ] = _DEFAULT.priority_aging,
+    paid_reserve_tokens: Annotated[
+        int, typer.Option(help=_HELP["paid_reserve_tokens"])
+    ] = _DEFAULT.paid_reserve_tokens,
+    bad_ticket: Annotated[str, typer.Option(help=_HELP["bad_ticket"])] = _DEFAULT.bad_ticket,
+    request_log: Annotated[Path | None, typer.Option(help=_HELP["request_log"])] = None,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -152,6 +164,12 @@ def node_start(
         checkpoint_interval=checkpoint_interval,
         probe_interval=probe_interval,
         cheat=cheat,
+        compute_slots=compute_slots,
+        paid_slots=paid_slots,
+        priority_aging=priority_aging,
+        paid_reserve_tokens=paid_reserve_tokens,
+        bad_ticket=bad_ticket,
+        request_log=request_log,
     )
 
     def ready(server: object) -> None:
@@ -409,6 +427,100 @@ def wallet_grant(
         print(f"granted {amount} to {target}: entry {entry.hash}")
 
     _run_wallet(genesis, peer, key, Path("/nonexistent"), action)
+
+
+@wallet_app.command("attest")
+def wallet_attest(
+    server: Annotated[str, typer.Option(help="Server to vouch for: hex key or peer ID.")],
+    genesis: Annotated[Path, _GENESIS_OPT],
+    peer: Annotated[str, _PEER_OPT],
+    key: Annotated[Path, typer.Option(help="Validator key file (validator-N.key).")],
+    hours: Annotated[
+        float, typer.Option(help="Hours the attestation lasts (0: no expiry).")
+    ] = 24.0,
+    memo: Annotated[str, typer.Option(help="Why the server is trusted.")] = "",
+) -> None:
+    """As a validator, attest that a server is trusted for private routes.
+
+    Example: potluck wallet attest --server 12D3KooW... --key swarm/validator-1.key
+    --genesis swarm/genesis.json --peer /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
+    """
+    import time
+
+    from potluck.ledger.tools import account_of
+
+    target = account_of(server)
+    if hours < 0:
+        raise ConfigError("--hours must be 0 (no expiry) or more")
+    body: dict[str, Any] = {"server": target}
+    if hours:
+        body["until"] = int((time.time() + hours * 3600) * 1000)
+    if memo:
+        body["memo"] = memo
+
+    async def action(wallet: Any) -> None:
+        entry = await wallet.write("attest", body)
+        print(f"attested {target}: entry {entry.hash}")
+
+    _run_wallet(genesis, peer, key, Path("/nonexistent"), action)
+
+
+@app.command("generate")
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    initial_peers: Annotated[
+        list[str], typer.Option("--initial-peers", help="Multiaddresses of peers to join through.")
+    ],
+    model: Annotated[str, typer.Option(help="Model: 'smollm2' or a checkpoint folder.")] = (
+        "smollm2"
+    ),
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 32,
+    genesis: Annotated[
+        Path | None, typer.Option(help="The swarm's genesis.json (needed to pay for priority).")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="Account key file that pays.")] = None,
+    priority: Annotated[
+        str, typer.Option(help="normal (free) or high (tickets buy priority on every server).")
+    ] = "normal",
+    route: Annotated[
+        str, typer.Option(help="any, or trusted: only attested or --trusted servers.")
+    ] = "any",
+    trusted: Annotated[
+        list[str] | None, typer.Option("--trusted", help="A server you trust (peer ID).")
+    ] = None,
+) -> None:
+    """Generate text greedily on the swarm and print it.
+
+    Example: potluck generate "The capital of France is" --initial-peers /ip4/.../p2p/...
+    --genesis swarm/genesis.json --key me.key --priority high --route trusted
+    """
+    from transformers import AutoTokenizer
+
+    from potluck.client import AutoDistributedModelForCausalLM
+    from potluck.client.session import SessionOptions
+    from potluck.ledger.genesis import load_key
+
+    SessionOptions(priority=priority, route=route)  # a typo fails before joining the swarm
+    identity = load_key(key) if key is not None else None
+    distributed = AutoDistributedModelForCausalLM.from_pretrained(
+        model,
+        initial_peers=initial_peers,
+        genesis=genesis,
+        identity=identity,
+        trusted_servers=tuple(trusted or ()),
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(distributed.name_or_path)
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        out = distributed.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, priority=priority, route=route
+        )
+        print(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+        session = distributed.last_session_priorities
+        if session:
+            print(f"classes granted: {', '.join(session)}", file=sys.stderr)
+    finally:
+        distributed.close()
 
 
 @ledger_app.command("status")

@@ -17,8 +17,17 @@
     │   ├── RemoteProtocolError      the peer rejected our message as malformed
     │   ├── UnknownSession           the peer has no such inference session
     │   ├── SessionLimitExceeded     the peer refused a session (cache budget, per-peer cap)
-    │   └── RemoteSpanError          the peer does not serve the requested blocks
+    │   ├── RemoteSpanError          the peer does not serve the requested blocks
+    │   └── TicketError              a ticket the server refuses (nothing is written)
+    │       ├── TicketUsed           a ticket already redeemed (or being redeemed)
+    │       ├── TicketExpired        a ticket past its expiry
+    │       ├── TicketUnfunded       a ticket the ledger refuses or cannot place yet
+    │       ├── TicketForged         a bad signature, or signed by another than the client
+    │       ├── TicketWrongServer    a ticket that pays another server
+    │       └── TicketMismatch       a ticket for another session, blocks or length, or underpaid
     ├── NoRouteError                 the swarm view does not cover every block
+    │   └── NoTrustedRouteError      no route through trusted servers covers the model
+    ├── SchedulerError               an illegal task transition in the compute scheduler
     ├── LedgerError                  the ledger refuses an entry or an operation
     │   ├── MalformedEntry           bytes that are not a canonical, well-formed entry
     │   ├── WrongSwarm               an entry of another swarm (replayed across swarms)
@@ -145,8 +154,60 @@ class RemoteSpanError(RemoteError):
     code = "bad_span"
 
 
+class TicketError(RemoteError):
+    """A ticket (a `ticket` entry buying priority or a private route) the server refuses.
+
+    Raised by the server's checks (`potluck.ledger.tickets`, `NodeLedger.redeem_ticket`)
+    and sent back in an `ErrorReply`; nothing is written for a refused ticket."""
+
+    code = "bad_ticket"
+
+
+class TicketUsed(TicketError):
+    """A ticket that was already redeemed, or is being redeemed right now."""
+
+    code = "ticket_used"
+
+
+class TicketExpired(TicketError):
+    """A ticket whose `expires` time has passed."""
+
+    code = "ticket_expired"
+
+
+class TicketUnfunded(TicketError):
+    """A ticket the ledger refuses (overdraft, a taken seq) or cannot place yet."""
+
+    code = "ticket_unfunded"
+
+
+class TicketForged(TicketError):
+    """A ticket whose signature does not verify, or that another account signed."""
+
+    code = "ticket_forged"
+
+
+class TicketWrongServer(TicketError):
+    """A ticket that pays another server."""
+
+    code = "ticket_wrong_server"
+
+
+class TicketMismatch(TicketError):
+    """A ticket that is malformed, for another session, blocks or length, or underpaid."""
+
+    code = "ticket_mismatch"
+
+
 class NoRouteError(PotluckError):
     """The known servers do not cover every block of the model."""
+
+
+class NoTrustedRouteError(NoRouteError):
+    """No route through trusted servers covers the model (a private route was asked for)."""
+
+    def __init__(self, message: str = "no trusted route covers the model") -> None:
+        super().__init__(message)
 
 
 class LedgerError(PotluckError):
@@ -273,6 +334,10 @@ class InvalidEvidence(VerificationError):
     code = "invalid_evidence"
 
 
+class SchedulerError(PotluckError):
+    """An illegal scheduler transition (a task submitted twice, finished twice or unknown)."""
+
+
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "bad_message": RemoteProtocolError,
     "bad_frame": RemoteProtocolError,
@@ -281,6 +346,18 @@ _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "unknown_session": UnknownSession,
     "session_limit": SessionLimitExceeded,
     "bad_span": RemoteSpanError,
+    **{
+        cls.code: cls
+        for cls in (
+            TicketError,
+            TicketUsed,
+            TicketExpired,
+            TicketUnfunded,
+            TicketForged,
+            TicketWrongServer,
+            TicketMismatch,
+        )
+    },
 }
 
 

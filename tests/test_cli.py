@@ -42,6 +42,8 @@ def test_the_tree_holds_the_documented_commands() -> None:
         ("wallet", "send"),
         ("wallet", "receive"),
         ("wallet", "grant"),
+        ("wallet", "attest"),
+        ("generate",),
         ("ledger", "status"),
         ("ledger", "verify"),
         ("ledger", "export"),
@@ -125,6 +127,19 @@ def test_an_error_message_is_printed_verbatim(
     args = ["node", "start", "--model", "x", "--blocks", "[/bold]", "--data-dir", str(tmp_path)]
     assert run_main(monkeypatch, *args) == 2
     assert "'[/bold]'" in capsys.readouterr().err
+
+
+def test_generate_refuses_an_unknown_priority_or_route_before_joining(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+    args = ["generate", "hi", "--initial-peers", peer]
+    assert run_main(monkeypatch, *args, "--priority", "urgent") == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: priority must be one of ('normal', 'high'), not 'urgent'"
+    ]
+    assert run_main(monkeypatch, *args, "--route", "secret") == 2
+    assert "route must be one of" in capsys.readouterr().err
 
 
 def test_a_long_error_message_stays_on_one_line(

@@ -34,9 +34,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
-from potluck.client.session import FailoverPolicy, InferenceSession
+from potluck.client.session import FailoverPolicy, InferenceSession, SessionOptions
 from potluck.client.spotcheck import SpotChecker
 from potluck.client.swarm import SwarmClient
+from potluck.client.trust import TrustPolicy
+from potluck.client.wallet import ClientWallet
 from potluck.errors import ConfigError
 from potluck.model import ClientHead, load_config, model_identity, num_blocks, resolve_model
 from potluck.p2p.identity import Identity
@@ -93,8 +95,13 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         failover: FailoverPolicy | None = None,
         spot_checker: SpotChecker | None = None,
         swarm_id: str | None = None,
+        trust: TrustPolicy | None = None,
+        wallet: ClientWallet | None = None,
     ) -> None:
         super().__init__(config)
+        #: Which servers a `route="trusted"` session may use.
+        self.trust = trust or TrustPolicy()
+        self._wallet = wallet
         self.head = head
         self.runtime = runtime
         self.swarm = swarm
@@ -111,6 +118,8 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         self.current_session: InferenceSession | None = None
         #: How many failed hops the last `generate()` to finish replaced.
         self.last_session_failovers = 0
+        #: The class each server granted the last `generate()` to finish.
+        self.last_session_priorities: list[str] = []
 
     # -- Hugging Face plumbing ------------------------------------------------
 
@@ -151,8 +160,16 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
         Inside `with model.inference_session(...)` the open session is used
         (and continued); otherwise one is opened for exactly
-        `prompt length + max_new_tokens` tokens and closed afterwards.
+        `prompt length + max_new_tokens` tokens and closed afterwards, with
+        `priority="high"` (tickets buy class `paid` on every server) and
+        `route="trusted"` (trusted servers only) if given.
         """
+        options = SessionOptions(
+            priority=kwargs.pop("priority", "normal"), route=kwargs.pop("route", "any")
+        )
+        own_session = kwargs.get("past_key_values") is None and self._active is None
+        if options != SessionOptions() and not own_session:
+            raise ConfigError("inside an open session, set priority and route on the session")
         if kwargs.get("past_key_values") is not None:
             return super().generate(inputs, **kwargs)
         if self._active is not None:
@@ -161,13 +178,14 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         if ids is None:
             raise ConfigError("generate() needs input_ids")
         max_length = self._max_length(ids.shape[-1], kwargs)
-        with self._open_session(max_length=max_length) as session:
+        with self._open_session(max_length=max_length, options=options) as session:
             self.current_session = session
             try:
                 return super().generate(inputs, past_key_values=RemoteCache(session), **kwargs)
             finally:
                 self.current_session = None
                 self.last_session_failovers = session.failovers
+                self.last_session_priorities = session.priorities
 
     def _max_length(self, prompt: int, kwargs: dict[str, Any]) -> int:
         gen = kwargs.get("generation_config") or self.generation_config
@@ -179,20 +197,35 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
 
     # -- sessions ---------------------------------------------------------------
 
-    def route(self, *, max_length: int = 0) -> list[Hop]:
+    @property
+    def wallet(self) -> ClientWallet:
+        """The client's account on the swarm's ledger (needs `genesis=`)."""
+        if self._wallet is None:
+            raise ConfigError("the wallet needs the swarm's genesis: from_pretrained(genesis=...)")
+        return self._wallet
+
+    def route(self, *, max_length: int = 0, trusted: bool = False) -> list[Hop]:
         """The servers a new session of `max_length` tokens would use (skipping those
-        that announced less free cache), waiting up to `route_timeout` for coverage."""
+        that announced less free cache; only trusted ones if `trusted`), waiting up to
+        `route_timeout` for coverage."""
         return self.runtime.run(
             functools.partial(
                 self.swarm.wait_for_route,
                 self.runtime.host,
                 self.failover.route_timeout,
                 min_free_cache=max_length,
+                trust=self.trust if trusted else None,
             )
         )
 
-    def _open_session(self, *, max_length: int) -> InferenceSession:
-        route = self.route(max_length=max_length)
+    def _open_session(
+        self, *, max_length: int, options: SessionOptions | None = None
+    ) -> InferenceSession:
+        options = options or SessionOptions()
+        buyer = None
+        if options.ticket_class is not None and self._wallet is not None:
+            buyer = self._wallet.buy_ticket
+        route = self.route(max_length=max_length, trusted=options.route == "trusted")
         return InferenceSession(
             self.runtime,
             self.swarm,
@@ -201,18 +234,27 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
             policy=self.failover,
             checker=self.spot_checker,
             swarm_id=self.swarm_id,
+            options=options,
+            trust=self.trust,
+            buyer=buyer,
         )
 
     @contextmanager
-    def inference_session(self, *, max_length: int) -> Iterator[InferenceSession]:
+    def inference_session(
+        self, *, max_length: int, priority: str = "normal", route: str = "any"
+    ) -> Iterator[InferenceSession]:
         """An inference session that `generate()` and `forward()` use while it is open.
 
+        `priority="high"` buys class `paid` on every server of the route with a
+        ticket from `model.wallet`; `route="trusted"` sends hidden states only to
+        trusted servers (`NoTrustedRouteError` if they do not cover the model).
         Also usable step by step: `session.step(hidden)` with hidden states of
         shape (batch, new tokens, hidden).
         """
         if self._active is not None:
             raise ConfigError("an inference session is already open on this model")
-        with self._open_session(max_length=max_length) as session:
+        options = SessionOptions(priority=priority, route=route)
+        with self._open_session(max_length=max_length, options=options) as session:
             self._active = RemoteCache(session)
             try:
                 yield session
@@ -240,6 +282,7 @@ class AutoDistributedModelForCausalLM:
         dtype: torch.dtype = torch.float32,
         genesis: str | Path | None = None,
         spot_check_rate: float | None = None,
+        trusted_servers: Sequence[str] = (),
     ) -> DistributedModelForCausalLM:
         """Load the client's share of a model and join the swarm through `initial_peers`.
 
@@ -258,6 +301,12 @@ class AutoDistributedModelForCausalLM:
         client's routes. When a session closes, every server that signed for a
         swarm with a ledger and was not found wrong gets a usage receipt signed
         with `identity`.
+
+        With a genesis, `model.wallet` is the account of `identity` (read and
+        written through the first initial peer), which pays for
+        `priority="high"` and priced private routes. A `route="trusted"`
+        session uses only servers that a genesis validator attested, the
+        validators, and `trusted_servers` (peer IDs or ledger accounts).
         """
         path = resolve_model(str(name_or_path))
         config = load_config(path)
@@ -276,6 +325,7 @@ class AutoDistributedModelForCausalLM:
         validators: tuple[str, ...] | None = None
         swarm_id = None
         rate = spot_check_rate
+        wallet = None
         if genesis is not None:
             from potluck.ledger.genesis import Genesis
 
@@ -287,6 +337,12 @@ class AutoDistributedModelForCausalLM:
                 )
             validators, swarm_id = swarm_genesis.validators, swarm_genesis.swarm_id
             rate = swarm_genesis.economy.spot_check_rate if rate is None else rate
+            wallet = ClientWallet(runtime, swarm_genesis, initial_peers[0])
+        trust = TrustPolicy(
+            validators=frozenset(validators or ()),
+            swarm_id=swarm_id or "",
+            listed=frozenset(trusted_servers),
+        )
         checker = None
         if rate:
             checker = SpotChecker(rate, swarm=swarm, validators=validators, swarm_id=swarm_id)
@@ -298,6 +354,8 @@ class AutoDistributedModelForCausalLM:
             failover=policy,
             spot_checker=checker,
             swarm_id=swarm_id,
+            trust=trust,
+            wallet=wallet,
         )
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)

@@ -15,6 +15,13 @@ client checks (`potluck.client.spotcheck.verify_step`); a bad one counts as
 a failed hop. With a `SpotChecker`, sampled steps are re-run elsewhere when
 the session closes, and, with a ledger swarm, each server that was not found
 wrong gets the client's signed usage receipt in its `CloseSession`.
+
+`SessionOptions` says what the session buys: `priority="high"` pays each
+server a `ticket` (class `paid`), `route="trusted"` sends hidden states only
+to servers the `TrustPolicy` trusts (class `private`, paid when the genesis
+prices it), for every hop, every replacement and every spot-check. A server
+that does not honour a ticket says why in its `SessionOpened.note`; the
+session then runs at the class the server granted (`HopSession.priority`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,11 +42,14 @@ from potluck.client.routing import Hop
 from potluck.client.runtime import ClientRuntime
 from potluck.client.spotcheck import Sample, SpotChecker, verify_step
 from potluck.client.swarm import SwarmClient
+from potluck.client.trust import TrustPolicy
 from potluck.errors import (
     BadCommitment,
+    ConfigError,
     MessageError,
     NetworkError,
     NoRouteError,
+    NoTrustedRouteError,
     PeerTimeout,
     PotluckError,
     RemoteError,
@@ -46,6 +57,7 @@ from potluck.errors import (
     remote_error,
 )
 from potluck.ledger.economy import receipt_payload
+from potluck.ledger.entry import Entry
 from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.identity import Identity
@@ -65,6 +77,36 @@ log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
 T = TypeVar("T")
+
+PRIORITY_CHOICES = ("normal", "high")
+ROUTE_CHOICES = ("any", "trusted")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What an inference session asks for beyond the free default."""
+
+    #: "high" buys class `paid` on every server of the route with a ticket.
+    priority: str = "normal"
+    #: "trusted" uses trusted servers only (`potluck.client.trust`), class `private`.
+    route: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.priority not in PRIORITY_CHOICES:
+            raise ConfigError(f"priority must be one of {PRIORITY_CHOICES}, not {self.priority!r}")
+        if self.route not in ROUTE_CHOICES:
+            raise ConfigError(f"route must be one of {ROUTE_CHOICES}, not {self.route!r}")
+
+    @property
+    def ticket_class(self) -> str | None:
+        """The class a ticket buys for these options (None: the free `normal`)."""
+        if self.priority == "high":
+            return "paid"
+        return "private" if self.route == "trusted" else None
+
+
+#: Buys a ticket for (hop, session id, max_length, class); None when it costs nothing.
+TicketBuyer = Callable[[Hop, str, int, str], Awaitable[Entry | None]]
 
 
 def _check_reply(reply: Message | None, expected: type[Message], peer: str) -> Message:
@@ -89,10 +131,19 @@ class HopSession:
         *,
         checker: SpotChecker | None = None,
         swarm_id: str | None = None,
+        trust: TrustPolicy | None = None,
+        buyer: TicketBuyer | None = None,
+        ticket_class: str | None = None,
     ) -> None:
         self.hop = hop
         self.max_length = max_length
         self.session_id = secrets.token_hex(16)
+        self.trust = trust  # a private session's: its inputs go to trusted servers only
+        self.buyer = buyer
+        self.ticket_class = ticket_class
+        self.ticket: Entry | None = None
+        self.priority = "normal"  # the class the server granted
+        self.note = ""  # why the server did not honour the ticket
         self.stream: FramedStream | None = None
         self.step = 0
         self.position = 0
@@ -118,11 +169,24 @@ class HopSession:
 
     async def _open(self, host: PotluckHost) -> None:
         server = self.hop.server
+        if self.trust is not None and not self.trust.trusts(server, int(time.time() * 1000)):
+            raise NoTrustedRouteError(f"a private session cannot use {server.peer_id}")
+        ticket: tuple[str, ...] = ()
+        if self.buyer is not None and self.ticket_class is not None and self.ticket is None:
+            self.ticket = await self.buyer(
+                self.hop, self.session_id, self.max_length, self.ticket_class
+            )
+        if self.ticket is not None:
+            ticket = tuple(self.ticket.wire())
         self.stream = await host.open_stream(server.peer_id, PROTOCOL_INFERENCE, addrs=server.addrs)
         await self.stream.send(
-            OpenSession(self.session_id, self.hop.start, self.hop.end, self.max_length)
+            OpenSession(self.session_id, self.hop.start, self.hop.end, self.max_length, ticket)
         )
-        _check_reply(await self.stream.receive(), SessionOpened, server.peer_id)
+        reply = _check_reply(await self.stream.receive(), SessionOpened, server.peer_id)
+        assert isinstance(reply, SessionOpened)
+        self.priority, self.note = reply.priority, reply.note
+        if self.ticket is not None and reply.priority == "normal":
+            log.warning("%s did not honour the ticket: %s", server.peer_id, reply.note)
 
     async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (batch, seq, hidden) -> the hop's output, same shape."""
@@ -228,6 +292,9 @@ class InferenceSession:
         policy: FailoverPolicy | None = None,
         checker: SpotChecker | None = None,
         swarm_id: str | None = None,
+        options: SessionOptions | None = None,
+        trust: TrustPolicy | None = None,
+        buyer: TicketBuyer | None = None,
     ) -> None:
         self.runtime = runtime
         self.swarm = swarm
@@ -235,6 +302,14 @@ class InferenceSession:
         self.policy = policy or FailoverPolicy()
         self.checker = checker
         self.swarm_id = swarm_id
+        self.options = options or SessionOptions()
+        if self.options.route == "trusted" and trust is None:
+            raise ConfigError("a trusted route needs a trust policy")
+        #: Only servers this trusts get the session's hidden states (route="trusted").
+        self.trust = trust if self.options.route == "trusted" else None
+        self.buyer = buyer
+        if self.options.priority == "high" and buyer is None:
+            raise ConfigError("priority='high' needs a wallet: pass genesis= and identity=")
         self.hops = [self._hop_session(hop) for hop in route]
         #: Servers the session's spot-checks found wrong (peer IDs).
         self.guilty: set[str] = set()
@@ -249,7 +324,20 @@ class InferenceSession:
             raise
 
     def _hop_session(self, hop: Hop) -> HopSession:
-        return HopSession(hop, self.max_length, checker=self.checker, swarm_id=self.swarm_id)
+        return HopSession(
+            hop,
+            self.max_length,
+            checker=self.checker,
+            swarm_id=self.swarm_id,
+            trust=self.trust,
+            buyer=self.buyer,
+            ticket_class=self.options.ticket_class,
+        )
+
+    @property
+    def priorities(self) -> list[str]:
+        """The class each hop's server granted (paid, private or normal)."""
+        return [hop.priority for hop in self.hops]
 
     @property
     def route(self) -> list[Hop]:
@@ -314,7 +402,10 @@ class InferenceSession:
         while True:
             try:  # the known, unbanned servers first; ask the swarm only if they don't cover
                 route = self.swarm.route(
-                    failed.hop.start, failed.hop.end, min_free_cache=self.max_length
+                    failed.hop.start,
+                    failed.hop.end,
+                    min_free_cache=self.max_length,
+                    trust=self.trust,
                 )
             except NoRouteError:
                 route = []
@@ -325,9 +416,10 @@ class InferenceSession:
                     start=failed.hop.start,
                     end=failed.hop.end,
                     min_free_cache=self.max_length,
+                    trust=self.trust,
                 )
             except NoRouteError as none:  # say why the servers we had are gone
-                raise NoRouteError(f"{none}; the last server failure: {last}") from last
+                raise type(none)(f"{none}; the last server failure: {last}") from last
             fresh = [self._hop_session(hop) for hop in route]
             try:
                 replay = history

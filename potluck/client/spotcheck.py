@@ -132,6 +132,12 @@ class SpotChecker:
             return False
         return self.validators is None or account_of_peer(server.peer_id) in self.validators
 
+    def _allowed(self, hop: HopSession, server: ServerInfo) -> bool:
+        """Whether `hop`'s inputs may go to `server` (a private session's go only to
+        servers its trust policy trusts)."""
+        trust = hop.trust
+        return trust is None or trust.trusts(server, int(self.swarm.clock() * 1000))
+
     def sample(self, hop: HopSession, reply: StepResult) -> None:
         """Keep `hop`'s reply, and draw whether to check up to this step."""
         hop.replies.append(
@@ -147,7 +153,7 @@ class SpotChecker:
         found = [
             s
             for s in self.swarm.servers(include_validators=True)
-            if s.covers(start, end) and s.peer_id != hop.hop.peer_id
+            if s.covers(start, end) and s.peer_id != hop.hop.peer_id and self._allowed(hop, s)
         ]
         validators = [s for s in found if self.is_validator(s)]
         others = [s for s in found if not s.validator]
@@ -269,7 +275,9 @@ class SpotChecker:
         validators = [
             s
             for s in self.swarm.servers(include_validators=True)
-            if self.is_validator(s) and s.covers(hop.hop.start, hop.hop.end)
+            if self.is_validator(s)
+            and s.covers(hop.hop.start, hop.hop.end)
+            and self._allowed(hop, s)
         ]
         if not validators:
             log.warning("no validator to referee %s: excluded locally only", hop.hop.peer_id)

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import trio
 
 from potluck.client.routing import Banlist, Hop, plan_route
-from potluck.errors import NoRouteError, PotluckError
+from potluck.client.trust import TrustPolicy
+from potluck.errors import NoRouteError, NoTrustedRouteError, PotluckError
 from potluck.p2p.announce import verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.gossip import exchange_views
@@ -143,10 +144,37 @@ class SwarmClient:
                 nursery.start_soon(probe, server)
 
     def route(
-        self, start: int = 0, end: int | None = None, *, min_free_cache: int = 0
+        self,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        min_free_cache: int = 0,
+        trust: TrustPolicy | None = None,
+    ) -> list[Hop]:
+        """The best route over known servers; with `trust`, over trusted ones only
+        (`NoTrustedRouteError` if they do not cover the blocks)."""
+        servers = self.servers()
+        if trust is not None:
+            now_ms = int(self.clock() * 1000)
+            servers = [s for s in servers if trust.trusts(s, now_ms)]
+            try:
+                return self.route_over(servers, start, end, min_free_cache=min_free_cache)
+            except NoRouteError as exc:
+                raise NoTrustedRouteError(
+                    f"no trusted route: {exc} ({len(servers)} trusted servers known)"
+                ) from None
+        return self.route_over(servers, start, end, min_free_cache=min_free_cache)
+
+    def route_over(
+        self,
+        servers: list[ServerInfo],
+        start: int = 0,
+        end: int | None = None,
+        *,
+        min_free_cache: int = 0,
     ) -> list[Hop]:
         return plan_route(
-            self.servers(),
+            servers,
             self.num_blocks,
             start=start,
             end=end,
@@ -164,14 +192,16 @@ class SwarmClient:
         start: int = 0,
         end: int | None = None,
         min_free_cache: int = 0,
+        trust: TrustPolicy | None = None,
     ) -> list[Hop]:
-        """Refresh until a route covers `[start, end)`; `NoRouteError` after `timeout` s."""
+        """Refresh until a route covers `[start, end)`; `NoRouteError` after `timeout` s
+        (`NoTrustedRouteError` with `trust`, when only trusted servers may be used)."""
         last: NoRouteError | None = None
         with trio.move_on_after(timeout):
             while True:
                 await self.refresh(host)
                 try:
-                    return self.route(start, end, min_free_cache=min_free_cache)
+                    return self.route(start, end, min_free_cache=min_free_cache, trust=trust)
                 except NoRouteError as exc:
                     last = exc
                 await trio.sleep(0.25)
@@ -179,4 +209,5 @@ class SwarmClient:
         if self.view_failures:  # e.g. a peer running another Potluck version
             peer, reason = sorted(self.view_failures.items())[0]
             why = f"; {len(self.view_failures)} peer(s) gave no usable view, e.g. {peer}: {reason}"
-        raise NoRouteError(f"after {timeout:.0f} s: {last}{why}")
+        error = NoTrustedRouteError if trust is not None else NoRouteError
+        raise error(f"after {timeout:.0f} s: {last}{why}")

@@ -47,6 +47,10 @@ class Economy:
     priority_price: int = field(
         default=1, metadata={"help": "Points per 1,000 token x blocks of high priority."}
     )
+    private_price: int = field(
+        default=1,
+        metadata={"help": "Points per 1,000 token x blocks of a private route (trusted only)."},
+    )
     spot_check_rate: float = field(
         default=0.05, metadata={"help": "Fraction of steps a client re-runs elsewhere."}
     )
@@ -70,9 +74,19 @@ class Economy:
     scarcity_weight_max: float = field(
         default=2.0, metadata={"help": "Largest mint weight for serving a scarce block."}
     )
+    ticket_seconds: int = field(
+        default=600, metadata={"help": "Seconds a ticket stays valid after it is bought."}
+    )
 
     def __post_init__(self) -> None:
-        for name in ("grant_amount", "mint_rate", "priority_price", "dispute_fee", "slash_minimum"):
+        for name in (
+            "grant_amount",
+            "mint_rate",
+            "priority_price",
+            "private_price",
+            "dispute_fee",
+            "slash_minimum",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise GenesisError(f"economy.{name} must be a whole number >= 0")
@@ -87,7 +101,7 @@ class Economy:
             or not 1 <= weight <= 100
         ):
             raise GenesisError("economy.scarcity_weight_max must be between 1 and 100")
-        for name in ("epoch_seconds", "checkpoint_seconds", "probe_seconds"):
+        for name in ("epoch_seconds", "checkpoint_seconds", "probe_seconds", "ticket_seconds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GenesisError(f"economy.{name} must be a whole number of seconds >= 1")

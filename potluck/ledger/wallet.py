@@ -30,7 +30,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -186,6 +186,28 @@ class Wallet:
             body["memo"] = memo
         return await self._write("send", body)
 
+    async def ticket(
+        self,
+        to: str,
+        amount: int,
+        *,
+        session: str,
+        expires_ms: int,
+        details: Mapping[str, Any] | None = None,
+    ) -> Entry:
+        """Pay server `to` a ticket of `amount` points for `session`, valid until
+        `expires_ms` (`potluck.ledger.tickets.ticket_body` builds the details). A debit
+        like `send`: refused with `InsufficientBalance` before signing if it overdraws."""
+        body: dict[str, Any] = {
+            "to": to,
+            "amount": amount,
+            "session": session,
+            "expires": expires_ms,
+        }
+        if details is not None:
+            body["details"] = dict(details)
+        return await self._write("ticket", body)
+
     async def grant(self, to: str, amount: int, memo: str = "") -> Entry:
         """As a validator: grant `amount` new points to `to`."""
         if self.validators and self.account not in self.validators:
@@ -198,11 +220,20 @@ class Wallet:
     async def write(self, kind: str, body: Mapping[str, Any]) -> Entry:
         """Sign and store any other kind of entry (attest, checkpoint, receipt...)."""
         if kind in DEBIT_KINDS or kind == "receive":
-            raise LedgerError(f"use send() or receive() for a {kind}")
+            raise LedgerError(f"use send(), ticket() or receive() for a {kind}")
         return await self._write(kind, body)
 
-    async def receive(self, limit: int = 100) -> list[Entry]:
-        """Receive up to `limit` pending transfers; returns the receive entries."""
+    async def receive(
+        self,
+        limit: int = 100,
+        *,
+        kinds: Collection[str] | None = None,
+        sources: Collection[str] | None = None,
+    ) -> list[Entry]:
+        """Receive up to `limit` pending transfers, oldest first; returns the receive entries.
+
+        `kinds` takes only transfers of those kinds (e.g. not tickets) and
+        `sources` only the transfers with those hashes; None takes any."""
         done: list[Entry] = []
         async with self._lock:
             view = await self._fresh_view()
@@ -213,6 +244,10 @@ class Wallet:
                     break
                 if source.hash in taken:
                     continue  # received in an entry this replica has not seen yet
+                if kinds is not None and source.kind not in kinds:
+                    continue
+                if sources is not None and source.hash not in sources:
+                    continue
                 entry = author_entry(
                     self.identity,
                     self.swarm_id,

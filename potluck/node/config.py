@@ -86,6 +86,26 @@ class NodeConfig:
     announce_interval: float = _opt(5.0, "Seconds between announcements to known peers.")
     announce_ttl: float = _opt(20.0, "Seconds an announcement stays valid.")
     compute_threads: int = _opt(0, "torch threads for compute (0: torch's default).")
+    compute_slots: int = _opt(1, "Computations run at once for any session.")
+    paid_slots: int = _opt(
+        1, "Extra computations run at once only for sessions with a ticket (paid or private)."
+    )
+    priority_aging: float = _opt(
+        2.0, "Seconds a queued step waits before it moves up one class (normal never starves)."
+    )
+    paid_reserve_tokens: int = _opt(
+        0, "KV-cache tokens only sessions with a ticket may take (0: no reserve)."
+    )
+    bad_ticket: str = _opt(
+        "normal",
+        "A session whose ticket fails its checks: 'normal' runs it at normal priority, "
+        "'refuse' refuses it.",
+    )
+    request_log: Path | None = _opt(  # noqa: RUF009
+        None,
+        "Append one JSON line per session opened, step and forward served (peer, session, "
+        "class, tokens) to this file.",
+    )
     compute_delay: float = _opt(
         0.0, "TESTING AID: sleep this many seconds before every computation (a slow server)."
     )
@@ -152,6 +172,14 @@ class NodeConfig:
             raise ConfigError(f"--port must be between 0 and 65535, not {self.port}")
         if not (math.isfinite(self.compute_delay) and self.compute_delay >= 0):
             raise ConfigError("--compute-delay must be 0 or more seconds")
+        if self.compute_slots < 1 or self.paid_slots < 0:
+            raise ConfigError("--compute-slots must be at least 1 and --paid-slots at least 0")
+        if not (math.isfinite(self.priority_aging) and self.priority_aging > 0):
+            raise ConfigError("--priority-aging must be a positive number of seconds")
+        if not 0 <= self.paid_reserve_tokens <= self.cache_tokens:
+            raise ConfigError("--paid-reserve-tokens must be between 0 and --cache-tokens")
+        if self.bad_ticket not in ("normal", "refuse"):
+            raise ConfigError(f"--bad-ticket must be normal or refuse, not {self.bad_ticket!r}")
         if self.compute_threads < 0:
             raise ConfigError("--compute-threads must be 0 (torch's default) or more")
         if self.validator and (self.validator_key is None or self.genesis is None):

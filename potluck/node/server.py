@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import trio
@@ -49,10 +49,12 @@ from potluck.errors import (
     InvalidSignature,
     LedgerError,
     MessageError,
+    NetworkError,
     PotluckError,
     RemoteError,
     SpanError,
     TensorError,
+    TicketError,
     VerificationError,
     WireError,
 )
@@ -69,9 +71,10 @@ from potluck.node.config import NodeConfig, parse_cheat
 
 if TYPE_CHECKING:
     from potluck.ledger.replica import Replica
+    from potluck.ledger.tickets import Ticket
     from potluck.node.ledger import NodeLedger
     from potluck.node.validator import Validator
-from potluck.node.sessions import SessionTable
+from potluck.node.sessions import Session, SessionTable
 from potluck.p2p.announce import account_of_peer, sign_announcement, verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.framed import FramedStream
@@ -79,6 +82,7 @@ from potluck.p2p.gossip import exchange_views
 from potluck.p2p.host import PotluckHost, open_host, parse_multiaddr
 from potluck.p2p.identity import Identity, load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
+from potluck.scheduler import Scheduler, SchedulerConfig
 from potluck.verify.commitment import (
     ZERO_CHAIN,
     Commitment,
@@ -87,6 +91,7 @@ from potluck.verify.commitment import (
     row_digests,
 )
 from potluck.wire import (
+    MAX_ATTESTATIONS,
     MAX_ECHO_ELEMENTS,
     MAX_SERVERS,
     CloseSession,
@@ -112,6 +117,9 @@ log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
 THROUGHPUT_FILE = "throughput.json"
+#: Closed sessions whose ticket refunds may wait to be written.
+MAX_QUEUED_SETTLEMENTS = 1000
+_T = TypeVar("_T")
 
 Clock = Callable[[], float]
 
@@ -161,8 +169,16 @@ class Server:
             cache_tokens=config.cache_tokens,
             max_session_length=config.max_session_length,
             sessions_per_peer=config.sessions_per_peer,
+            reserve_tokens=config.paid_reserve_tokens,
         )
-        self.compute_limiter = trio.CapacityLimiter(1)
+        #: Runs torch work in worker threads, paid and private sessions first.
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                slots=config.compute_slots,
+                reserved_slots=config.paid_slots,
+                aging=config.priority_aging,
+            )
+        )
         self.throughput = 0.0
         self.bandwidth = 0.0
         self.errors_sent = 0
@@ -180,6 +196,17 @@ class Server:
         self._cheat_rng = random.Random()
         #: Outputs this server deliberately corrupted (with --cheat).
         self.corrupted = 0
+        #: Validators' attestations of this server (wire form), announced for private routes.
+        self.attestations: tuple[tuple[str, str], ...] = ()
+        self._request_log = (
+            open(config.request_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            if config.request_log is not None
+            else None
+        )
+        #: Redeemed tickets of closed sessions, waiting for their refunds.
+        self._settle_in, self._settle_out = trio.open_memory_channel[tuple[Any, int]](
+            MAX_QUEUED_SETTLEMENTS
+        )
 
     # -- what we announce ---------------------------------------------------
 
@@ -200,6 +227,7 @@ class Server:
             expires_at=self.clock() + self.config.announce_ttl,
             validator=self.config.validator,
             dtype=self.config.dtype,
+            attestations=self.attestations,
         )
         return sign_announcement(info, self.host.identity)
 
@@ -258,7 +286,7 @@ class Server:
                 span.forward(hidden, cache)
             return (time.perf_counter() - t0) / tokens
 
-        seconds = await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+        seconds = await self.compute(run)
         self.throughput = 1.0 / max(seconds, 1e-9)
         if delay:  # a testing aid's delay is per step, not per block: never cache it
             return
@@ -388,8 +416,10 @@ class Server:
         session: str = "",
         step: int = 0,
         inputs: str = ZERO_CHAIN,
+        priority: str = "normal",
     ) -> tuple[torch.Tensor, str]:
-        """The output of blocks [start, end) and the signature of its commitment."""
+        """The output of blocks [start, end) and the signature of its commitment,
+        computed when the scheduler gives `priority` its turn."""
         delay = self.config.compute_delay
 
         def run() -> tuple[torch.Tensor, str]:
@@ -410,7 +440,23 @@ class Server:
             )
             return out, commitment.signed(self.host.identity).signature
 
-        return await trio.to_thread.run_sync(run, limiter=self.compute_limiter)
+        return await self.compute(run, priority=priority)
+
+    async def compute(self, fn: Callable[[], _T], *, priority: str = "normal") -> _T:
+        """Run torch work `fn` in a worker thread when the scheduler says so."""
+        return await self.scheduler.run_sync(priority, fn)
+
+    def _log(self, kind: str, peer: str, **fields: object) -> None:
+        """One line of the request log (--request-log): who sent what, in which class."""
+        if self._request_log is None:
+            return
+        record = {"time": self.clock(), "kind": kind, "peer": peer, **fields}
+        self._request_log.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def close_log(self) -> None:
+        if self._request_log is not None:
+            self._request_log.close()
+            self._request_log = None
 
     def _corrupt(self, out: torch.Tensor) -> torch.Tensor:
         """With --cheat (a testing aid): add noise of the set relative size to each row
@@ -466,6 +512,7 @@ class Server:
             span = self._check_range(msg.start, msg.end)
             self._check_hidden(msg.hidden)
             inputs = chain_inputs(ZERO_CHAIN, msg.hidden)
+            self._log("forward", peer, start=msg.start, end=msg.end, tokens=msg.hidden.shape[1])
             out, signature = await self._compute(
                 span, msg.hidden, None, msg.start, msg.end, inputs=inputs
             )
@@ -502,19 +549,36 @@ class Server:
                     reply = self._error(exc)
                 await stream.send(reply)
         finally:
-            self.sessions.close_peer_sessions(opened)
+            for session_id in opened:
+                self._close_session(session_id)
 
     async def _inference(self, msg: Message, peer: str, opened: list[str]) -> Message:
         now = self.clock()
         if isinstance(msg, OpenSession):
             span = self._check_range(msg.start, msg.end)
-            session = self.sessions.open(
-                msg.session_id, peer, msg.start, msg.end, msg.max_length, now
-            )
+            priority, note, ticket = await self._redeem(msg, peer)
+            try:
+                session = self.sessions.open(
+                    msg.session_id, peer, msg.start, msg.end, msg.max_length, now, priority=priority
+                )
+            except PotluckError:
+                if ticket is not None:  # paid for nothing: all of it goes back
+                    self._settle(ticket, 0)
+                raise
+            session.ticket = ticket
             session.span = span  # kept even if this server moves to other blocks
             session.cache = span.new_cache()
             opened.append(msg.session_id)
-            return SessionOpened(msg.session_id, msg.start, msg.end, msg.max_length)
+            self._log(
+                "open",
+                peer,
+                session=msg.session_id,
+                priority=priority,
+                start=msg.start,
+                end=msg.end,
+                max_length=msg.max_length,
+            )
+            return SessionOpened(msg.session_id, msg.start, msg.end, msg.max_length, priority, note)
         if isinstance(msg, InferenceStep):
             session = self.sessions.get(msg.session_id, peer)
             self._check_hidden(msg.hidden)
@@ -532,14 +596,23 @@ class Server:
                     session=session.session_id,
                     step=msg.step,
                     inputs=inputs,
+                    priority=session.priority,
                 )
                 session.inputs = inputs
                 ok = True
             finally:
                 self.sessions.end_step(session, seq, self.clock(), ok=ok)
                 if not ok:  # a half-applied step leaves the cache unusable
-                    self.sessions.close(session.session_id)
+                    self._close_session(session.session_id)
             self.steps_served += 1
+            self._log(
+                "step",
+                peer,
+                session=session.session_id,
+                priority=session.priority,
+                step=msg.step,
+                tokens=batch * seq,
+            )
             return StepResult(
                 msg.session_id, msg.step, out, self.swarm_id, self.config.dtype, signature
             )
@@ -557,9 +630,80 @@ class Server:
                     signature=msg.receipt,
                     claimed=msg.tokens,
                 )
-            self.sessions.close(msg.session_id)
+            self._close_session(msg.session_id)
             return SessionClosed(msg.session_id, recorded)
         raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_INFERENCE}")
+
+    async def _redeem(self, msg: OpenSession, peer: str) -> tuple[str, str, Ticket | None]:
+        """The class a new session runs in, why its ticket was not honoured, and the
+        redeemed ticket. A bad ticket is refused with its typed error under
+        `--bad-ticket refuse`; otherwise the session runs at normal priority."""
+        if not msg.ticket:
+            return "normal", "", None
+        try:
+            if self.ledger is None:
+                raise TicketError("this server keeps no ledger (it runs without --genesis)")
+            ticket = await self.ledger.redeem_ticket(
+                (msg.ticket[0], msg.ticket[1]),
+                client=account_of_peer(peer),
+                session=msg.session_id,
+                start=msg.start,
+                end=msg.end,
+                max_length=msg.max_length,
+            )
+        except TicketError as exc:
+            if self.config.bad_ticket == "refuse":
+                raise
+            log.info("ticket of %s not honoured: %s", peer, exc)
+            return "normal", f"ticket not honoured ({exc.code}): {exc}", None
+        return ticket.cls, "", ticket
+
+    def _close_session(self, session_id: str) -> None:
+        """Drop a session; a ticket it redeemed gets what the session left unused back."""
+        session = self.sessions.close(session_id)
+        if session is not None:
+            self._settle_session(session)
+
+    def _settle_session(self, session: Session) -> None:
+        if session.ticket is not None:
+            self._settle(session.ticket, session.position * (session.batch or 1))
+            session.ticket = None
+
+    def _settle(self, ticket: Ticket, served: int) -> None:
+        try:
+            self._settle_in.send_nowait((ticket, served))
+        except trio.WouldBlock:
+            log.warning("refund of ticket %s dropped: too many waiting", ticket.hash[:12])
+
+    async def settle_loop(self) -> None:
+        """Refund the unused part of each closed session's ticket."""
+        assert self.ledger is not None
+        async for ticket, served in self._settle_out:
+            try:
+                await self.ledger.settle_ticket(ticket, served)
+            except (LedgerError, NetworkError, TicketError) as exc:
+                log.warning("could not refund ticket %s: %s", ticket.hash[:12], exc)
+
+    async def attestation_loop(self, interval: float = 2.0) -> None:
+        """Keep the validators' unexpired attestations of this node for its announcements."""
+        assert self.replica is not None
+        ledger = self.replica.ledger
+
+        def read() -> tuple[tuple[str, str], ...]:
+            now_ms = int(self.clock() * 1000)
+            found = [
+                e
+                for e in ledger.backend.by_kind("attest")
+                if e.author in ledger.validators
+                and e.body.get("server") == self.account
+                and int(e.body.get("until") or now_ms + 1) > now_ms
+            ]
+            found.sort(key=lambda e: e.time, reverse=True)
+            return tuple((w[0], w[1]) for w in (e.wire() for e in found[:MAX_ATTESTATIONS]))
+
+        while True:
+            self.attestations = await self.replica.db(read)
+            await trio.sleep(interval)
 
     # -- background loops ---------------------------------------------------
 
@@ -595,8 +739,9 @@ class Server:
         while True:
             now = self.clock()
             self.peers.prune(now)
-            for session_id in self.sessions.expire(now, self.config.session_idle_timeout):
-                log.info("session %s expired after idling", session_id)
+            for session in self.sessions.expire_sessions(now, self.config.session_idle_timeout):
+                log.info("session %s expired after idling", session.session_id)
+                self._settle_session(session)
             await trio.sleep(interval)
 
 
@@ -685,6 +830,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
                 yield server
             finally:
                 nursery.cancel_scope.cancel()
+                server.close_log()
 
 
 async def _start_ledger_duties(server: Server, identity: Identity, nursery: trio.Nursery) -> None:
@@ -697,6 +843,8 @@ async def _start_ledger_duties(server: Server, identity: Identity, nursery: trio
     server.ledger = NodeLedger(server.replica, identity, config.data_dir)
     await server.ledger.refresh_slashed()
     nursery.start_soon(server.ledger.run)
+    nursery.start_soon(server.settle_loop)
+    nursery.start_soon(server.attestation_loop)
     if not config.validator:
         return
     duties = Validator(server, server.ledger, clock=server.clock)

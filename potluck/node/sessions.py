@@ -4,7 +4,9 @@ A session reserves `max_length x batch` cache tokens when it opens (batch is
 known at the first step, and the reservation grows then). The server refuses
 a session, with `SessionLimitExceeded`, when the reservation would exceed the
 total cache budget, when one peer already holds its quota of sessions, or
-when `max_length` is over the per-session limit. Each step must carry the
+when `max_length` is over the per-session limit. The last `reserve_tokens`
+of the budget are kept for sessions with a ticket (`priority` paid or
+private): a normal session cannot take them. Each step must carry the
 next step number and the position where the cache ends, so a lost or
 duplicated step is an error, never silent corruption. Sessions idle for
 longer than the timeout are dropped by `expire`.
@@ -37,14 +39,24 @@ class Session:
     cache: Any = field(default=None, repr=False)
     span: Any = field(default=None, repr=False)  # the BlockSpan it opened on
     busy: bool = False
+    priority: str = "normal"  # the scheduling class: paid, private or normal
+    ticket: Any = field(default=None, repr=False)  # the redeemed Ticket, if any
     inputs: str = "0" * 64  # the input chain of the steps so far (potluck.verify.commitment)
 
 
 class SessionTable:
     """Open sessions, the cache budget and the per-peer quota."""
 
-    def __init__(self, *, cache_tokens: int, max_session_length: int, sessions_per_peer: int):
+    def __init__(
+        self,
+        *,
+        cache_tokens: int,
+        max_session_length: int,
+        sessions_per_peer: int,
+        reserve_tokens: int = 0,
+    ):
         self.cache_tokens = cache_tokens
+        self.reserve_tokens = reserve_tokens
         self.max_session_length = max_session_length
         self.sessions_per_peer = sessions_per_peer
         self._sessions: dict[str, Session] = {}
@@ -60,8 +72,21 @@ class SessionTable:
     def free_tokens(self) -> int:
         return self.cache_tokens - self.reserved_tokens
 
+    def free_for(self, priority: str) -> int:
+        """Cache tokens a new session of `priority` may still reserve."""
+        reserve = 0 if priority in ("paid", "private") else self.reserve_tokens
+        return self.free_tokens - reserve
+
     def open(
-        self, session_id: str, peer: str, start: int, end: int, max_length: int, now: float
+        self,
+        session_id: str,
+        peer: str,
+        start: int,
+        end: int,
+        max_length: int,
+        now: float,
+        *,
+        priority: str = "normal",
     ) -> Session:
         if session_id in self._sessions:
             raise MessageError(f"session {session_id} is already open")
@@ -74,11 +99,14 @@ class SessionTable:
             raise SessionLimitExceeded(
                 f"peer already holds {held} sessions, the limit per peer on this server"
             )
-        if max_length > self.free_tokens:
+        free = self.free_for(priority)
+        if max_length > free:
+            kept = "" if free == self.free_tokens else " (the rest is kept for paid sessions)"
             raise SessionLimitExceeded(
-                f"cache full: {max_length} tokens asked, {self.free_tokens} free"
+                f"cache full: {max_length} tokens asked, {max(0, free)} free{kept}"
             )
         session = Session(session_id, peer, start, end, max_length, max_length, now)
+        session.priority = priority
         self._sessions[session_id] = session
         return session
 
@@ -106,9 +134,10 @@ class SessionTable:
         if session.batch is None:
             need = session.max_length * batch
             extra = need - session.reserved
-            if extra > self.free_tokens:
+            free = self.free_for(session.priority)
+            if extra > free:
                 raise SessionLimitExceeded(
-                    f"cache full: batch {batch} needs {extra} more tokens, {self.free_tokens} free"
+                    f"cache full: batch {batch} needs {extra} more tokens, {max(0, free)} free"
                 )
             session.reserved = need
             session.batch = batch
@@ -133,11 +162,13 @@ class SessionTable:
 
     def expire(self, now: float, idle_timeout: float) -> list[str]:
         """Drop sessions idle for longer than `idle_timeout`; returns their ids."""
+        return [s.session_id for s in self.expire_sessions(now, idle_timeout)]
+
+    def expire_sessions(self, now: float, idle_timeout: float) -> list[Session]:
+        """Drop sessions idle for longer than `idle_timeout`; returns them."""
         dead = [
-            sid
-            for sid, s in self._sessions.items()
-            if not s.busy and now - s.last_used > idle_timeout
+            s for s in self._sessions.values() if not s.busy and now - s.last_used > idle_timeout
         ]
-        for sid in dead:
-            del self._sessions[sid]
+        for s in dead:
+            del self._sessions[s.session_id]
         return dead

@@ -176,7 +176,7 @@ class Validator:
             out = span.forward(history.to(span.dtype), None, start=start, end=end)
             return out.float()
 
-        return await trio.to_thread.run_sync(run, limiter=self.server.compute_limiter)
+        return await self.server.compute(run)
 
     async def referee(self, msg: Dispute, peer: str) -> Verdict:
         """Rule on a client's dispute (see the module docstring)."""
@@ -353,9 +353,7 @@ class Validator:
                             hidden = span.forward(hidden, before, start=0, end=target.start)
                         return hidden.float().contiguous()
 
-                    hidden = await trio.to_thread.run_sync(
-                        inputs, limiter=self.server.compute_limiter
-                    )
+                    hidden = await self.server.compute(inputs)
                     t0 = trio.current_time()
                     with trio.fail_after(self.server.config.request_timeout):
                         await stream.send(InferenceStep(session, step, sum(steps), hidden))
@@ -378,9 +376,7 @@ class Validator:
                         out = span.forward(hidden, mine, start=target.start, end=target.end)
                         return out.float()
 
-                    ref = await trio.to_thread.run_sync(
-                        reference, limiter=self.server.compute_limiter
-                    )
+                    ref = await self.server.compute(reference)
                     verdict = compare(reply.hidden, ref, reply.dtype, self.dtype)
                     if not verdict.matches:
                         stats.mismatches += 1

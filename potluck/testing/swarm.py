@@ -15,15 +15,22 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import potluck
 from potluck.errors import PotluckError
 from potluck.node.run import READY_FILE
+
+if TYPE_CHECKING:
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.wallet import Wallet
+    from potluck.p2p.identity import Identity
+
+_T = TypeVar("_T")
 
 
 class NodeStartError(PotluckError):
@@ -170,3 +177,41 @@ class LocalSwarm:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def ledger_genesis(folder: Path, model: Path, name: str, **economy: Any) -> tuple[Path, Path]:
+    """A one-validator genesis for `model` in `folder`: its path and the validator's key.
+
+    `economy` overrides `Economy` fields (checkpoints every 2 s unless given)."""
+    from potluck.ledger.genesis import Economy, init_swarm
+    from potluck.model import model_identity
+
+    economy.setdefault("checkpoint_seconds", 2)
+    _, (key,) = init_swarm(
+        folder,
+        name=name,
+        model_name=model.name,
+        model_identity=model_identity(model),
+        validators=1,
+        economy=Economy(**economy),
+    )
+    return folder / "genesis.json", key
+
+
+def with_wallet(
+    addr: str, genesis: Genesis, identity: Identity, fn: Callable[[Wallet], Awaitable[_T]]
+) -> _T:
+    """Run `fn(wallet)` for `identity`'s account, through the node at `addr`, on a
+    libp2p host of its own."""
+    from potluck.client.runtime import ClientRuntime
+    from potluck.ledger.wallet import RemoteReplica, Wallet
+    from potluck.p2p.host import parse_multiaddr
+
+    runtime = ClientRuntime(identity)
+    try:
+        peer = str(parse_multiaddr(addr).get_peer_id())
+        access = RemoteReplica(runtime.host, peer, [addr])
+        wallet = Wallet(identity, genesis.swarm_id, access, validators=genesis.validators)
+        return runtime.run(fn, wallet)
+    finally:
+        runtime.close()

@@ -64,13 +64,16 @@ from potluck.wire.tensors import TensorMeta, tensor_from_bytes, tensor_to_bytes
 
 __all__ = [
     "MAX_ADDRS",
+    "MAX_ATTESTATIONS",
     "MAX_BLOCKS",
     "MAX_ECHO_ELEMENTS",
     "MAX_ERROR_MESSAGE",
     "MAX_LEDGER_ENTRIES",
     "MAX_SERVERS",
     "MAX_SESSION_LENGTH",
+    "MAX_TICKET_TEXT",
     "MESSAGE_TYPES",
+    "PRIORITIES",
     "AccountReply",
     "AccountRequest",
     "CloseSession",
@@ -241,34 +244,67 @@ class Message:
 _M = TypeVar("_M", bound=Message)
 
 
+MAX_TICKET_TEXT = 8192
+"""Most characters of a ticket entry's JSON in an `OpenSession` (tickets are small)."""
+MAX_ATTESTATIONS = 4
+"""Most validator attestations one `ServerInfo` carries."""
+PRIORITIES = ("paid", "private", "normal")
+"""Scheduling classes a server grants a session, best first (`potluck.scheduler`)."""
+
+
+def _signed_entry(name: str, value: object) -> tuple[str, str]:
+    """A ledger entry in its wire form `(canonical JSON, signature hex)`; the ledger
+    checks the rest."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise MessageError(f"{name} must be a [json, signature] pair")
+    raw, sig = value
+    if not isinstance(raw, str) or not 2 <= len(raw) <= MAX_TICKET_TEXT:
+        raise MessageError(f"{name}'s JSON must be a string of at most {MAX_TICKET_TEXT} chars")
+    if not isinstance(sig, str) or _SIGNATURE.fullmatch(sig) is None or not sig:
+        raise MessageError(f"{name}'s signature must be 128 lowercase hex digits")
+    return raw, sig
+
+
 @dataclass(frozen=True)
 class OpenSession(Message):
-    """Ask a server to open an inference session over blocks [start, end)."""
+    """Ask a server to open an inference session over blocks [start, end).
+
+    `ticket`, when not empty, is the client's signed `ticket` ledger entry
+    (wire form) that buys this session a better class (`potluck.ledger.tickets`)."""
 
     session_id: str
     start: int
     end: int
     max_length: int
+    ticket: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_span(self.start, self.end)
         _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+        if self.ticket != ():
+            object.__setattr__(self, "ticket", _signed_entry("ticket", self.ticket))
 
 
 @dataclass(frozen=True)
 class SessionOpened(Message):
-    """The server opened the session; echoes what it agreed to."""
+    """The server opened the session; echoes what it agreed to, the class it
+    schedules the session in, and why it did not honour a ticket (`note`)."""
 
     session_id: str
     start: int
     end: int
     max_length: int
+    priority: str = "normal"
+    note: str = ""
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_span(self.start, self.end)
         _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+        if self.priority not in PRIORITIES:
+            raise MessageError(f"priority must be one of {PRIORITIES}, got {_show(self.priority)}")
+        _check_str("note", self.note, MAX_ERROR_MESSAGE, min_len=0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -418,10 +454,16 @@ class ServerInfo(Message):
     bandwidth: float = 0.0  # bytes/s the server measured to a peer (0: not measured)
     validator: bool = False  # a validator: a spot-checker and referee, not a route hop
     dtype: str = "float32"  # the dtype the server computes in
+    #: validators' signed `attest` entries for this server (wire form), for private routes
+    attestations: tuple[tuple[str, str], ...] = ()
     signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
 
     def __post_init__(self) -> None:
         _check_str("peer_id", self.peer_id, _MAX_PEER_ID)
+        if not isinstance(self.attestations, tuple) or len(self.attestations) > MAX_ATTESTATIONS:
+            raise MessageError(f"attestations must be a tuple of at most {MAX_ATTESTATIONS}")
+        attestations = tuple(_signed_entry("attestation", a) for a in self.attestations)
+        object.__setattr__(self, "attestations", attestations)
         if not isinstance(self.validator, bool):
             raise MessageError("validator must be a boolean")
         _check_dtype(self.dtype)

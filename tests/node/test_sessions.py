@@ -79,6 +79,22 @@ def test_the_cache_budget_is_never_overcommitted() -> None:
     open_session(t, "a3", max_length=200)
 
 
+def test_the_paid_reserve_is_kept_for_sessions_with_a_ticket() -> None:
+    t = SessionTable(
+        cache_tokens=1000, max_session_length=1000, sessions_per_peer=10, reserve_tokens=300
+    )
+    t.open("a0", ALICE, 0, 4, 700, 0.0)  # normal sessions may fill up to the reserve
+    assert (t.free_for("normal"), t.free_for("paid"), t.free_for("private")) == (0, 300, 300)
+    with pytest.raises(SessionLimitExceeded, match="kept for paid sessions"):
+        t.open("a1", ALICE, 0, 4, 1, 0.0)
+    paid = t.open("a1", ALICE, 0, 4, 200, 0.0, priority="paid")
+    assert paid.priority == "paid"
+    private = t.open("a2", BOB, 0, 4, 100, 0.0, priority="private")
+    assert private.priority == "private" and t.free_tokens == 0
+    with pytest.raises(SessionLimitExceeded, match="cache full"):
+        t.open("a3", BOB, 0, 4, 1, 0.0, priority="paid")
+
+
 def test_each_peer_has_a_session_quota() -> None:
     t = table(sessions_per_peer=2)
     open_session(t, "a1", ALICE, max_length=10)

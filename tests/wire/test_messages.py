@@ -24,11 +24,14 @@ from potluck.errors import (
 )
 from potluck.wire import (
     MAX_ADDRS,
+    MAX_ATTESTATIONS,
     MAX_BLOCKS,
     MAX_ERROR_MESSAGE,
     MAX_SERVERS,
     MAX_SESSION_LENGTH,
+    MAX_TICKET_TEXT,
     MESSAGE_TYPES,
+    PRIORITIES,
     AccountReply,
     AccountRequest,
     CloseSession,
@@ -101,14 +104,24 @@ def server_infos(draw: st.DrawFn) -> ServerInfo:
         bandwidth=draw(st.floats(min_value=0.0, allow_infinity=False)),
         validator=draw(st.booleans()),
         dtype=draw(st.sampled_from(["float32", "bfloat16"])),
+        attestations=tuple(draw(st.lists(signed_entries, max_size=MAX_ATTESTATIONS))),
     )
+
+
+signed_entries = st.tuples(
+    st.text(min_size=2, max_size=60), st.from_regex(r"[0-9a-f]{128}", fullmatch=True)
+)
 
 
 @st.composite
 def span_messages(draw: st.DrawFn, cls: type[OpenSession | SessionOpened]) -> Message:
     start, end = draw(spans())
     max_length = draw(st.integers(1, MAX_SESSION_LENGTH))
-    return cls(draw(session_ids), start, end, max_length)
+    if cls is OpenSession:
+        ticket = draw(st.just(()) | signed_entries)
+        return OpenSession(draw(session_ids), start, end, max_length, ticket)
+    priority = draw(st.sampled_from(PRIORITIES))
+    return SessionOpened(draw(session_ids), start, end, max_length, priority, draw(st.text()))
 
 
 @st.composite
@@ -669,3 +682,22 @@ def test_expect() -> None:
     assert expect(msg, ErrorReply, SessionOpened) is msg
     with pytest.raises(MessageError, match="expected StepResult or ForwardResult"):
         expect(msg, StepResult, ForwardResult)
+
+
+@pytest.mark.parametrize(
+    "ticket",
+    [("{}",), ("{}", "zz"), ("{}", ""), ("", "ab" * 64), ("x" * (MAX_TICKET_TEXT + 1), "ab" * 64)],
+)
+def test_a_malformed_ticket_is_refused(ticket: tuple[str, ...]) -> None:
+    with pytest.raises(MessageError, match="ticket"):
+        OpenSession("ab", 0, 1, 1, ticket)
+
+
+def test_session_opened_names_a_known_priority_and_servers_few_attestations() -> None:
+    with pytest.raises(MessageError, match="priority"):
+        SessionOpened("ab", 0, 1, 1, "vip")
+    entry = ("{}", "ab" * 64)
+    info = ServerInfo("p", (), "m", 0, 1, 1.0, 1, "v", 1.0, attestations=(entry,))
+    assert info.attestations == (entry,)
+    with pytest.raises(MessageError, match="attestations"):
+        ServerInfo("p", (), "m", 0, 1, 1.0, 1, "v", 1.0, attestations=(entry,) * 5)
