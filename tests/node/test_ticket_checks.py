@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+import trio
 
 from potluck.client.runtime import ClientRuntime
+from potluck.errors import InsufficientBalance
 from potluck.ledger.core import Ledger
 from potluck.ledger.entry import Entry, make_entry
 from potluck.ledger.genesis import Genesis, load_key
@@ -34,16 +37,19 @@ from potluck.testing.swarm import LocalSwarm, NodeProcess, ledger_genesis, with_
 from potluck.wire import (
     CloseSession,
     ErrorReply,
+    InferenceStep,
     Message,
     OpenSession,
     SessionClosed,
     SessionOpened,
+    StepResult,
 )
 
 pytestmark = pytest.mark.slow
 
 FAST = ["--announce-interval", "0.5", "--announce-ttl", "3", "--ledger-sync-interval", "1"]
 MAX_LENGTH = 32
+HIDDEN = 64  # the tiny Llama's hidden size
 PRICE = 7  # points per 1,000 token x blocks: 32 tokens x 6 blocks cost 2 points
 
 
@@ -74,7 +80,7 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             model=str(tiny_model),
             blocks="0:6",
             wait=False,
-            extra=[*flags, "--bad-ticket", "refuse"],
+            extra=[*flags, "--bad-ticket", "refuse", "--session-idle-timeout", "3"],
         )
         local.wait_ready(lax)
         local.wait_ready(strict)
@@ -316,3 +322,69 @@ def test_a_forged_ticket_is_refused(setup: Setup) -> None:
         return bad
 
     assert_refused(setup, forged, "ticket_forged")
+
+
+def refund_of(setup: Setup, server: NodeProcess, ticket: Entry) -> Entry | None:
+    return next((e for e in about(setup, server, ticket) if e.kind == "send"), None)
+
+
+def test_a_dropped_session_gets_back_what_it_did_not_use(setup: Setup) -> None:
+    session = secrets.token_hex(16)
+    ticket = buy(setup, setup.lax, session)
+    served = torch.randn(1, 1, HIDDEN)
+
+    async def one_step_then_drop() -> None:
+        host = setup.runtime.host
+        lax = setup.lax
+        stream = await host.open_stream(lax.peer_id, PROTOCOL_INFERENCE, addrs=[lax.addr])
+        await stream.send(OpenSession(session, 0, 6, MAX_LENGTH, tuple(ticket.wire())))
+        opened = await stream.receive()
+        assert isinstance(opened, SessionOpened) and opened.priority == "paid"
+        await stream.send(InferenceStep(session, 0, 0, served))
+        assert isinstance(await stream.receive(), StepResult)
+        await stream.reset()  # no CloseSession: the connection just goes
+
+    _run(setup, one_step_then_drop)
+    wait_for(lambda: refund_of(setup, setup.lax, ticket) is not None, 20, "the refund")
+    refund = refund_of(setup, setup.lax, ticket)
+    assert refund is not None
+    used = ticket_price(PRICE, 1, 6)  # one token through six blocks
+    assert refund.body["amount"] == ticket.body["amount"] - used == 1
+
+
+def test_an_idle_session_expires_and_its_ticket_is_refunded(setup: Setup) -> None:
+    session = secrets.token_hex(16)
+    ticket = buy(setup, setup.strict, session)
+
+    async def open_and_idle() -> None:
+        host = setup.runtime.host
+        strict = setup.strict
+        stream = await host.open_stream(strict.peer_id, PROTOCOL_INFERENCE, addrs=[strict.addr])
+        await stream.send(OpenSession(session, 0, 6, MAX_LENGTH, tuple(ticket.wire())))
+        opened = await stream.receive()
+        assert isinstance(opened, SessionOpened) and opened.priority == "paid"
+        await trio.sleep(6)  # past --session-idle-timeout 3: the server drops it
+        await stream.close()
+
+    _run(setup, open_and_idle)
+    wait_for(lambda: refund_of(setup, setup.strict, ticket) is not None, 20, "the refund")
+    refund = refund_of(setup, setup.strict, ticket)
+    assert refund is not None and refund.body["amount"] == ticket.body["amount"]
+
+
+def test_a_client_without_points_cannot_buy_priority(setup: Setup, tiny_model: Path) -> None:
+    from potluck.client import AutoDistributedModelForCausalLM
+
+    genesis_path = setup.local.workdir.parent / "swarm" / "genesis.json"
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        tiny_model, initial_peers=[setup.boot.addr], genesis=genesis_path, route_timeout=20
+    )
+    try:
+        assert model.wallet.balance() == 0
+        prompt = torch.tensor([[1, 2, 3]])
+        with pytest.raises(InsufficientBalance, match="costs"):
+            model.generate(prompt, max_new_tokens=2, priority="high")
+        out = model.generate(prompt, max_new_tokens=2)  # normal use stays free
+        assert out.shape == (1, 5)
+    finally:
+        model.close()
