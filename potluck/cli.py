@@ -120,6 +120,7 @@ def node_start(
     ] = _DEFAULT.paid_reserve_tokens,
     bad_ticket: Annotated[str, typer.Option(help=_HELP["bad_ticket"])] = _DEFAULT.bad_ticket,
     request_log: Annotated[Path | None, typer.Option(help=_HELP["request_log"])] = None,
+    dashboard: Annotated[str | None, typer.Option(help=_HELP["dashboard"])] = None,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -170,6 +171,7 @@ def node_start(
         paid_reserve_tokens=paid_reserve_tokens,
         bad_ticket=bad_ticket,
         request_log=request_log,
+        dashboard=dashboard,
     )
 
     def ready(server: object) -> None:
@@ -178,11 +180,62 @@ def node_start(
         assert isinstance(server, Server)
         span = server.span
         what = "bootstrap peer" if span is None else f"blocks {span.start}:{span.end}"
-        for addr in server.host.addrs:
-            print(f"potluck node listening on {addr}", flush=True)
-        if server.replica is not None:
-            print(f"ledger account {server.host.identity.public_bytes.hex()}", flush=True)
+        _print_addresses(server)
         print(f"ready: serving {what}; Ctrl-C stops", flush=True)
+
+    run_node(config, on_ready=ready)
+
+
+def _print_addresses(server: Any) -> None:
+    """The lines a ready node prints: its addresses, ledger account and dashboard URL."""
+    for addr in server.host.addrs:
+        print(f"potluck node listening on {addr}", flush=True)
+    if server.replica is not None:
+        print(f"ledger account {server.host.identity.public_bytes.hex()}", flush=True)
+    if server.dashboard_url is not None:
+        print(f"dashboard on {server.dashboard_url}", flush=True)
+
+
+@app.command("dashboard")
+def dashboard_command(
+    initial_peers: Annotated[
+        list[str], typer.Option("--initial-peers", help="Multiaddresses of peers to join through.")
+    ],
+    genesis: Annotated[
+        Path | None,
+        typer.Option(help="The swarm's genesis.json: keep a ledger replica and show balances."),
+    ] = None,
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to serve the dashboard on (a bare port: 127.0.0.1).")
+    ] = "127.0.0.1:8000",
+    data_dir: Annotated[
+        Path, typer.Option(help="Directory for this node's key and ledger replica.")
+    ] = Path(".potluck-dashboard"),
+    port: Annotated[int, typer.Option(help="TCP port for libp2p (0 picks a free one).")] = 0,
+) -> None:
+    """Serve the read-only web dashboard of a swarm: a node without a model that keeps a
+    ledger replica and gathers the swarm view, with the dashboard and its JSON API on.
+
+    Example: potluck dashboard --initial-peers /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
+    --genesis swarm/genesis.json --listen 127.0.0.1:8000
+    """
+    from potluck.node.run import run_node
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("potluck").setLevel(logging.INFO)
+    config = NodeConfig(
+        initial_peers=tuple(initial_peers),
+        genesis=genesis,
+        dashboard=listen,
+        data_dir=data_dir,
+        port=port,
+    )
+
+    def ready(server: object) -> None:
+        _print_addresses(server)
+        print("ready: serving the dashboard; Ctrl-C stops", flush=True)
 
     run_node(config, on_ready=ready)
 

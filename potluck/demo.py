@@ -13,6 +13,7 @@ are read from the bootstrap's ledger. Every process is stopped by PID.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import tempfile
 import time
@@ -95,8 +96,12 @@ def run_demo(
     texts: list[str] = []
     try:
         t0 = time.monotonic()
-        boot = swarm.start_node("bootstrap", extra=ledger_flags)
+        dashboard = f"http://127.0.0.1:{_free_port()}/"
+        boot = swarm.start_node(
+            "bootstrap", extra=[*ledger_flags, "--dashboard", dashboard.split("/")[2]]
+        )
         console.print(f"[bold]bootstrap[/] pid {boot.pid} at {boot.addr} (ledger replica)")
+        console.print(f"[bold]dashboard[/] {dashboard}")
         # every node shares this machine's cores: one torch thread each measures fastest
         common = [*ledger_flags, "--compute-threads", "1"]
         validator = swarm.start_node(
@@ -176,6 +181,7 @@ def run_demo(
                 f"        'smollm2', initial_peers=['{boot.addr}'], genesis='{genesis_path}')\n\n"
                 "Press Ctrl-C to stop it."
             )
+            console.print(f"dashboard: {dashboard}", highlight=False)
             try:
                 while all(n.alive() for n in swarm.nodes):
                     time.sleep(1)
@@ -185,6 +191,13 @@ def run_demo(
     finally:
         swarm.stop()
         console.print("all nodes stopped")
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)

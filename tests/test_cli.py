@@ -34,6 +34,7 @@ LEAVES = [path for path, command in TREE.items() if not hasattr(command, "comman
 def test_the_tree_holds_the_documented_commands() -> None:
     assert set(LEAVES) == {
         ("demo",),
+        ("dashboard",),
         ("node", "start"),
         ("model", "prepare"),
         ("swarm", "init"),

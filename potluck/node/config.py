@@ -50,6 +50,27 @@ def parse_cheat(text: str) -> tuple[float, float]:
     return fraction, magnitude
 
 
+def parse_listen(text: str, *, flag: str = "--dashboard") -> tuple[str, int]:
+    """`"127.0.0.1:8000"` -> `("127.0.0.1", 8000)`; a bare port (`"8000"`, `":8000"`)
+    listens on loopback; an IPv6 host goes in brackets (`"[::1]:8000"`). Port 0 picks
+    a free one."""
+    host, sep, port_s = text.rpartition(":")
+    if not sep:
+        host, port_s = "", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(f"{flag} takes HOST:PORT, like 127.0.0.1:8000, not {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{flag} {text}: the port must be between 0 and 65535")
+    if any(c.isspace() or c in "/[]@" for c in host):
+        raise ConfigError(f"{flag} {text}: {host!r} is not a host name or IP address")
+    return host, port
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Settings of one `potluck node start` process."""
@@ -137,6 +158,11 @@ class NodeConfig:
     probe_interval: float = _opt(
         0.0, "Validator: seconds between probes of each server (0: the genesis economy's value)."
     )
+    dashboard: str | None = _opt(
+        None,
+        "Serve the read-only web dashboard and its JSON API on HOST:PORT (e.g. 127.0.0.1:8000; "
+        "a bare port listens on 127.0.0.1). None: no dashboard.",
+    )
 
     def __post_init__(self) -> None:
         if self.blocks is not None and self.model is None:
@@ -201,6 +227,8 @@ class NodeConfig:
             raise ConfigError("--checkpoint-interval must be 0 (genesis value) or more seconds")
         if self.announce_ttl <= self.announce_interval:
             raise ConfigError("--announce-ttl must be longer than --announce-interval")
+        if self.dashboard is not None:
+            parse_listen(self.dashboard)
 
     @property
     def span(self) -> tuple[int, int] | None:

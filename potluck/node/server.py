@@ -198,6 +198,8 @@ class Server:
         self.corrupted = 0
         #: Validators' attestations of this server (wire form), announced for private routes.
         self.attestations: tuple[tuple[str, str], ...] = ()
+        #: Where the node serves its dashboard (with --dashboard), once it listens.
+        self.dashboard_url: str | None = None
         self._request_log = (
             open(config.request_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
             if config.request_log is not None
@@ -826,6 +828,8 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
             nursery.start_soon(server.expire_loop)
             if model is not None and config.span is None:
                 nursery.start_soon(server.rebalance_loop)
+            if config.dashboard is not None:
+                server.dashboard_url = await stack.enter_async_context(_dashboard(server, model))
             try:
                 yield server
             finally:
@@ -856,6 +860,34 @@ async def _start_ledger_duties(server: Server, identity: Identity, nursery: trio
         server.validator = duties
         nursery.start_soon(duties.probe_loop, config.probe_interval or economy.probe_seconds)
         nursery.start_soon(duties.mint_loop)
+
+
+def _dashboard(
+    server: Server, model: ServedModel | None
+) -> contextlib.AbstractAsyncContextManager[str]:
+    """The node's dashboard (--dashboard): its swarm view and a read-only connection to
+    its ledger replica, served by hypercorn in this trio loop; yields the URL."""
+    from potluck.dashboard.serve import run_dashboard
+    from potluck.ledger.genesis import Genesis
+    from potluck.ledger.store import LEDGER_FILE
+    from potluck.node.config import parse_listen
+
+    config = server.config
+    assert config.dashboard is not None
+    host, port = parse_listen(config.dashboard)
+    genesis = Genesis.load(config.genesis) if config.genesis is not None else None
+    return run_dashboard(
+        host,
+        port,
+        view=server.swarm_view,
+        ledger_path=config.data_dir / LEDGER_FILE if genesis is not None else None,
+        genesis=genesis,
+        model=genesis.model_name if genesis is not None else config.model or "",
+        model_identity=genesis.model_identity if genesis is not None else server.model_id,
+        num_blocks=model.num_blocks if model is not None else None,
+        node_id=server.host.peer_id,
+        clock=server.clock,
+    )
 
 
 @dataclass(frozen=True)
