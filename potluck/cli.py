@@ -121,6 +121,11 @@ def node_start(
     bad_ticket: Annotated[str, typer.Option(help=_HELP["bad_ticket"])] = _DEFAULT.bad_ticket,
     request_log: Annotated[Path | None, typer.Option(help=_HELP["request_log"])] = None,
     dashboard: Annotated[str | None, typer.Option(help=_HELP["dashboard"])] = None,
+    openai_model: Annotated[str | None, typer.Option(help=_HELP["openai_model"])] = None,
+    api_keys: Annotated[Path | None, typer.Option(help=_HELP["api_keys"])] = None,
+    openai_max_tokens: Annotated[
+        int, typer.Option(help=_HELP["openai_max_tokens"])
+    ] = _DEFAULT.openai_max_tokens,
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
@@ -172,6 +177,9 @@ def node_start(
         bad_ticket=bad_ticket,
         request_log=request_log,
         dashboard=dashboard,
+        openai_model=openai_model,
+        api_keys=api_keys,
+        openai_max_tokens=openai_max_tokens,
     )
 
     def ready(server: object) -> None:
@@ -212,12 +220,14 @@ def dashboard_command(
         Path, typer.Option(help="Directory for this node's key and ledger replica.")
     ] = Path(".potluck-dashboard"),
     port: Annotated[int, typer.Option(help="TCP port for libp2p (0 picks a free one).")] = 0,
+    openai_model: Annotated[str | None, typer.Option(help=_HELP["openai_model"])] = None,
+    api_keys: Annotated[Path | None, typer.Option(help=_HELP["api_keys"])] = None,
 ) -> None:
     """Serve the read-only web dashboard of a swarm: a node without a model that keeps a
     ledger replica and gathers the swarm view, with the dashboard and its JSON API on.
 
     Example: potluck dashboard --initial-peers /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
-    --genesis swarm/genesis.json --listen 127.0.0.1:8000
+    --genesis swarm/genesis.json --listen 127.0.0.1:8000 --openai-model smollm2
     """
     from potluck.node.run import run_node
 
@@ -231,6 +241,8 @@ def dashboard_command(
         dashboard=listen,
         data_dir=data_dir,
         port=port,
+        openai_model=openai_model,
+        api_keys=api_keys,
     )
 
     def ready(server: object) -> None:

@@ -163,6 +163,17 @@ class NodeConfig:
         "Serve the read-only web dashboard and its JSON API on HOST:PORT (e.g. 127.0.0.1:8000; "
         "a bare port listens on 127.0.0.1). None: no dashboard.",
     )
+    openai_model: str | None = _opt(
+        None,
+        "With --dashboard: also serve the OpenAI-compatible /v1/completions and "
+        "/v1/chat/completions through the swarm, for this model ('smollm2' or a folder).",
+    )
+    api_keys: Path | None = _opt(  # noqa: RUF009
+        None,
+        "With --openai-model: a JSON file {api key: account key file}; a request with a key "
+        "may pay for priority from that account (needs --genesis).",
+    )
+    openai_max_tokens: int = _opt(512, "With --openai-model: most tokens one request may ask for.")
 
     def __post_init__(self) -> None:
         if self.blocks is not None and self.model is None:
@@ -229,6 +240,12 @@ class NodeConfig:
             raise ConfigError("--announce-ttl must be longer than --announce-interval")
         if self.dashboard is not None:
             parse_listen(self.dashboard)
+        if self.openai_model is not None and self.dashboard is None:
+            raise ConfigError("--openai-model needs --dashboard")
+        if self.api_keys is not None and self.openai_model is None:
+            raise ConfigError("--api-keys needs --openai-model")
+        if self.openai_max_tokens < 1:
+            raise ConfigError("--openai-max-tokens must be at least 1")
 
     @property
     def span(self) -> tuple[int, int] | None:

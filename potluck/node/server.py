@@ -45,6 +45,7 @@ import trio
 
 from potluck import __version__
 from potluck.errors import (
+    ConfigError,
     FrameError,
     InvalidSignature,
     LedgerError,
@@ -862,11 +863,12 @@ async def _start_ledger_duties(server: Server, identity: Identity, nursery: trio
         nursery.start_soon(duties.mint_loop)
 
 
-def _dashboard(
-    server: Server, model: ServedModel | None
-) -> contextlib.AbstractAsyncContextManager[str]:
+@asynccontextmanager
+async def _dashboard(server: Server, model: ServedModel | None) -> AsyncIterator[str]:
     """The node's dashboard (--dashboard): its swarm view and a read-only connection to
-    its ledger replica, served by hypercorn in this trio loop; yields the URL."""
+    its ledger replica, served by hypercorn in this trio loop; yields the URL. With
+    --openai-model, the OpenAI-compatible routes too, generating through a client of
+    the swarm that joins through this node."""
     from potluck.dashboard.serve import run_dashboard
     from potluck.ledger.genesis import Genesis
     from potluck.ledger.store import LEDGER_FILE
@@ -876,18 +878,56 @@ def _dashboard(
     assert config.dashboard is not None
     host, port = parse_listen(config.dashboard)
     genesis = Genesis.load(config.genesis) if config.genesis is not None else None
-    return run_dashboard(
-        host,
-        port,
-        view=server.swarm_view,
-        ledger_path=config.data_dir / LEDGER_FILE if genesis is not None else None,
-        genesis=genesis,
-        model=genesis.model_name if genesis is not None else config.model or "",
-        model_identity=genesis.model_identity if genesis is not None else server.model_id,
-        num_blocks=model.num_blocks if model is not None else None,
-        node_id=server.host.peer_id,
-        clock=server.clock,
+    async with contextlib.AsyncExitStack() as stack:
+        routers = []
+        if config.openai_model is not None:
+            routers.append(await _openai_router(server, stack))
+        url = await stack.enter_async_context(
+            run_dashboard(
+                host,
+                port,
+                view=server.swarm_view,
+                ledger_path=config.data_dir / LEDGER_FILE if genesis is not None else None,
+                genesis=genesis,
+                model=genesis.model_name if genesis is not None else config.model or "",
+                model_identity=genesis.model_identity if genesis is not None else server.model_id,
+                num_blocks=model.num_blocks if model is not None else None,
+                node_id=server.host.peer_id,
+                clock=server.clock,
+                routers=routers,
+            )
+        )
+        yield url
+
+
+async def _openai_router(server: Server, stack: contextlib.AsyncExitStack) -> Any:
+    """`/v1/...` over a client of the swarm whose initial peer is this node (closed
+    with `stack`)."""
+    from potluck.dashboard.openai import SwarmBackend, openai_router
+
+    config = server.config
+    assert config.openai_model is not None
+    keys: dict[str, str] | None = None
+    if config.api_keys is not None:
+        data = _read_json(config.api_keys)
+        if not data or not all(isinstance(v, str) for v in data.values()):
+            raise ConfigError(
+                f"{config.api_keys} must be a JSON object {{api key: account key file}}"
+            )
+        keys = {k: str((config.api_keys.parent / v).resolve()) for k, v in data.items()}
+    own = [a for a in server.host.addrs if "/p2p/" in a] or [
+        f"{a}/p2p/{server.host.peer_id}" for a in server.host.addrs
+    ]
+    backend = await trio.to_thread.run_sync(
+        functools.partial(
+            SwarmBackend.from_pretrained,
+            config.openai_model,
+            initial_peers=own[:1],
+            genesis=config.genesis,
+        )
     )
+    stack.callback(backend.close)
+    return openai_router(backend, max_tokens_limit=config.openai_max_tokens, api_keys=keys)
 
 
 @dataclass(frozen=True)

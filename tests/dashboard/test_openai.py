@@ -704,13 +704,25 @@ async def _first_lines(response: httpx.Response, n: int) -> AsyncIterator[str]:
 # -- the real swarm ---------------------------------------------------------------
 
 
+DASHBOARD = {}  # the bootstrap's dashboard URL, set by `smol_swarm`
+
+
 @pytest.fixture(scope="module")
 def smol_swarm(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bootstrap serving the dashboard with `--openai-model smollm2`, and one server."""
+    import socket
+
     from potluck.testing.swarm import LocalSwarm
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     with LocalSwarm(tmp_path_factory.mktemp("openai")) as local:
-        boot = local.start_node("boot")
+        boot = local.start_node(
+            "boot", extra=["--dashboard", f"127.0.0.1:{port}", "--openai-model", "smollm2"]
+        )
         local.start_node("s0", model="smollm2", blocks="0:30", extra=["--compute-threads", "1"])
+        DASHBOARD["url"] = f"http://127.0.0.1:{port}"
         yield boot.addr
 
 
@@ -767,6 +779,12 @@ def test_openai_requests_get_the_python_clients_greedy_answer(smol_swarm: str) -
     assert len(chunks) > 3
     assert chunks[-2]["choices"][0]["finish_reason"] == chat_body["choices"][0]["finish_reason"]
     assert results["text"].json()["choices"][0]["text"] == expected_text
+
+    # the same request over real HTTP to the node started with --openai-model
+    body = {"model": "smollm2", "messages": messages, "max_tokens": tokens}
+    reply = httpx.post(f"{DASHBOARD['url']}/v1/chat/completions", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["content"] == expected_chat
 
 
 class ByteTokenizer:
