@@ -2,7 +2,8 @@
 
 Pure code with no I/O. A stream carries frames (`framing`), each frame's
 payload is one message (`messages`), and a message's tensors travel as raw
-little-endian bytes after its JSON header (`tensors`). The module docstrings
+little-endian bytes after its JSON header (`tensors`). `compress` encodes
+hidden states as float32, float16, bfloat16 or blockwise 8-bit. The module docstrings
 of those three modules are the byte-level specification.
 
 Decoding untrusted bytes either yields a valid message or raises a
@@ -12,6 +13,17 @@ Decoding untrusted bytes either yields a valid message or raises a
 
 from __future__ import annotations
 
+from potluck.wire.compress import (
+    DEFAULT_BLOCK_SIZE,
+    INT8_ERROR_FACTOR,
+    MAX_BLOCK_SIZE,
+    MAX_SCALE,
+    MIN_BLOCK_SIZE,
+    WIRE_CODECS,
+    EncodedHidden,
+    WireCodec,
+    wire_bytes,
+)
 from potluck.wire.framing import (
     DEFAULT_MAX_FRAME,
     HEADER_SIZE,
@@ -69,28 +81,35 @@ from potluck.wire.tensors import (
 )
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_MAX_FRAME",
     "DTYPES",
     "HEADER_SIZE",
+    "INT8_ERROR_FACTOR",
     "MAGIC",
     "MAX_ADDRS",
     "MAX_ATTESTATIONS",
     "MAX_BLOCKS",
+    "MAX_BLOCK_SIZE",
     "MAX_ECHO_ELEMENTS",
     "MAX_ERROR_MESSAGE",
     "MAX_LEDGER_ENTRIES",
+    "MAX_SCALE",
     "MAX_SERVERS",
     "MAX_SESSION_LENGTH",
     "MAX_TENSOR_DIMS",
     "MAX_TICKET_TEXT",
     "MESSAGE_TYPES",
+    "MIN_BLOCK_SIZE",
     "PRIORITIES",
     "VERSION",
+    "WIRE_CODECS",
     "AccountReply",
     "AccountRequest",
     "CloseSession",
     "Dispute",
     "Echo",
+    "EncodedHidden",
     "ErrorReply",
     "Forward",
     "ForwardResult",
@@ -111,6 +130,7 @@ __all__ = [
     "SwarmView",
     "TensorMeta",
     "Verdict",
+    "WireCodec",
     "decode_message",
     "encode_frame",
     "encode_message",
@@ -118,4 +138,5 @@ __all__ = [
     "parse_header",
     "tensor_from_bytes",
     "tensor_to_bytes",
+    "wire_bytes",
 ]

@@ -10,6 +10,7 @@ little-endian with no padding::
     bfloat16   upper half of a binary32   2
     int64      two's complement           8
     int32      two's complement           4
+    int8       two's complement           1
 
 so the data of a tensor is exactly `TensorMeta.nbytes` =
 `prod(shape) * element size` bytes. At most `MAX_TENSOR_DIMS` dimensions; a
@@ -44,6 +45,7 @@ _TORCH_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "int64": torch.int64,
     "int32": torch.int32,
+    "int8": torch.int8,
 }
 # Little-endian numpy dtype holding the same bits; numpy has no bfloat16.
 _WIRE_ARRAY_DTYPES: dict[str, np.dtype[np.generic]] = {
@@ -52,6 +54,7 @@ _WIRE_ARRAY_DTYPES: dict[str, np.dtype[np.generic]] = {
     "bfloat16": np.dtype("<i2"),
     "int64": np.dtype("<i8"),
     "int32": np.dtype("<i4"),
+    "int8": np.dtype("i1"),
 }
 _NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in _TORCH_DTYPES.items()}
 

@@ -19,6 +19,7 @@ _BITS = {
     torch.bfloat16: torch.int16,
     torch.int64: torch.int64,
     torch.int32: torch.int32,
+    torch.int8: torch.int8,
 }
 
 
@@ -38,8 +39,8 @@ def wire_tensors(draw: st.DrawFn, max_dims: int = 4) -> tuple[TensorMeta, bytes]
     return meta, draw(st.binary(min_size=meta.nbytes, max_size=meta.nbytes))
 
 
-def test_dtypes_are_the_five_allowed() -> None:
-    assert set(DTYPES) == {"float32", "float16", "bfloat16", "int64", "int32"}
+def test_dtypes_are_the_six_allowed() -> None:
+    assert set(DTYPES) == {"float32", "float16", "bfloat16", "int64", "int32", "int8"}
     assert MAX_TENSOR_DIMS == 8
 
 
@@ -127,7 +128,7 @@ def test_tensors_needing_grad_are_encoded_detached() -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype", [torch.float64, torch.uint8, torch.int8, torch.int16, torch.bool, torch.complex64]
+    "dtype", [torch.float64, torch.uint8, torch.int16, torch.bool, torch.complex64]
 )
 def test_other_dtypes_are_refused(dtype: torch.dtype) -> None:
     with pytest.raises(TensorError):
