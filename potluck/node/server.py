@@ -733,6 +733,27 @@ class Server:
             timeout=min(5.0, self.config.request_timeout),
         )
 
+    async def learn_swarm(self, attempts: int = 5, pause: float = 1.0) -> None:
+        """Pull the swarm view from the initial peers, trying again (up to `attempts`
+        times) while none of them answers: choosing blocks from an empty view because
+        the bootstrap was slow would pile servers onto the same blocks."""
+        targets = self.announce_targets()
+        for attempt in range(attempts):
+            failures: dict[str, str] = {}
+            await exchange_views(
+                self.host,
+                self.peers,
+                targets,
+                SwarmRequest(),
+                clock=self.clock,
+                timeout=min(5.0, self.config.request_timeout),
+                failures=failures,
+            )
+            if not targets or len(failures) < len(targets):
+                return
+            log.info("no initial peer answered (attempt %d): %s", attempt + 1, failures)
+            await trio.sleep(pause)
+
     async def announce_loop(self) -> None:
         while True:
             await self.announce_once()
@@ -805,7 +826,7 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         if model is not None:
             bounds = config.span
             if bounds is None:
-                await server.announce_once()  # learn the swarm before choosing
+                await server.learn_swarm()  # learn the swarm before choosing
                 bounds = server.choose_blocks()
             await server.load_span(*bounds)
         if model is not None:

@@ -46,14 +46,17 @@ def _wait_for_coverage(
 
 def test_six_servers_without_blocks_cover_30_blocks_twice(tmp_path: Path) -> None:
     model = make_tiny_llama(tmp_path / "llama30", num_layers=30, seed=1)
+    # announcements that outlive a busy machine's stalls: nobody dies in this test, and
+    # a server must see every earlier one when it chooses
+    steady = ["--announce-interval", "1", "--announce-ttl", "20"]
     with LocalSwarm(tmp_path / "swarm") as swarm:
-        boot = swarm.start_node("boot", extra=FAST)
+        boot = swarm.start_node("boot", extra=steady)
         spans = []
         # equal servers: a fixed per-step delay dominates the measured throughput, which
         # for a model this tiny would otherwise be mostly noise on a busy machine
         equal = ["--num-blocks", "10", "--compute-delay", "0.05", "--rebalance-interval", "600"]
         for i in range(6):  # one after another, each able to hold 10 blocks
-            node = swarm.start_node(f"s{i}", model=str(model), extra=[*FAST, *equal])
+            node = swarm.start_node(f"s{i}", model=str(model), extra=[*steady, *equal])
             spans.append(tuple(node.info["blocks"]))  # type: ignore[arg-type]
         runtime = ClientRuntime()
         try:
