@@ -178,12 +178,14 @@ def test_a_cheater_is_caught_slashed_and_excluded(tiny_model: Path, tmp_path: Pa
             model.close()
         honest = account_of_peer(local.nodes[-1].peer_id)
 
-        def receipt_authors() -> set[str]:
+        def receipt_authors() -> list[str]:
             found = read_ledger(nodes["boot"], genesis, lambda led: led.backend.by_kind("receipt"))
-            return {r.author for r in found}  # type: ignore[attr-defined]
+            return [r.author for r in found]  # type: ignore[attr-defined]
 
         wait_for(lambda: honest in receipt_authors(), 30, "the honest server's receipt")
-        assert cheater not in receipt_authors()  # no receipt for a session it cheated in
+        # no receipt for the session it was caught in: at most one for each earlier
+        # session, whose drawn steps happened to miss its corruptions
+        assert receipt_authors().count(cheater) <= seed
 
 
 def test_a_probe_catches_a_cheater_no_client_checked(tiny_model: Path, tmp_path: Path) -> None:
