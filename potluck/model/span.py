@@ -26,6 +26,7 @@ from potluck.model.checkpoint import (
     load_module_weights,
     num_blocks,
 )
+from potluck.model.quant import check_quant, quantize_blocks, weight_bytes
 
 __all__ = ["BlockSpan", "SpanCache"]
 
@@ -64,6 +65,7 @@ class BlockSpan:
         self.end = end
         self.layers = layers
         self.rotary_emb = rotary_emb
+        self.quant = "none"  # a QUANT_MODES value, set by `load` or `quantize_span`
         self._layer_types = _layer_types(config)
 
     @classmethod
@@ -75,9 +77,12 @@ class BlockSpan:
         *,
         dtype: torch.dtype = torch.float32,
         attn_implementation: str = "sdpa",
+        quant: str = "none",
     ) -> BlockSpan:
-        """Blocks ``[start, end)`` of the checkpoint at `path`, reading only their tensors."""
+        """Blocks ``[start, end)`` of the checkpoint at `path`, reading only their tensors,
+        quantised as `quant` says (`potluck.model.quant.QUANT_MODES`)."""
         folder = Path(path)
+        check_quant(quant)
         config = load_config(folder)
         check_span(start, end, 0, num_blocks(config), what=f"the blocks of {folder}")
         config._attn_implementation = attn_implementation
@@ -95,19 +100,23 @@ class BlockSpan:
                 {n: tensors[prefix + n] for n in names},
                 where=f"{folder} block {idx}",
             )
+            quantize_blocks([layer], quant)  # now: the whole span is never resident in float
             layers.append(layer)
         rotary_emb = arch.rotary_embedding(config=config)
         rotary_emb.eval()
-        return cls(config, start, end, layers, rotary_emb)
+        span = cls(config, start, end, layers, rotary_emb)
+        span.quant = quant
+        return span
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.layers.parameters()).dtype
+        # the first float weight: a quantised span's linear weights are int8 or packed nf4
+        return next(p for p in self.layers.parameters() if p.is_floating_point()).dtype
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the span's weights."""
-        return sum(p.numel() * p.element_size() for p in self.layers.parameters())
+        """Bytes held by the span's weights (quantised ones and their scales included)."""
+        return weight_bytes(self.layers)
 
     def new_cache(self) -> SpanCache:
         """An empty KV cache for one inference session on this span."""
