@@ -56,6 +56,7 @@ from potluck.errors import (
     SpanError,
     TensorError,
     TicketError,
+    TicketForged,
     VerificationError,
     WireError,
 )
@@ -646,9 +647,13 @@ class Server:
         try:
             if self.ledger is None:
                 raise TicketError("this server keeps no ledger (it runs without --genesis)")
+            try:
+                client = account_of_peer(peer)
+            except InvalidSignature:
+                raise TicketForged(f"{peer} has no Ed25519 key: it cannot sign tickets") from None
             ticket = await self.ledger.redeem_ticket(
                 (msg.ticket[0], msg.ticket[1]),
-                client=account_of_peer(peer),
+                client=client,
                 session=msg.session_id,
                 start=msg.start,
                 end=msg.end,
