@@ -65,6 +65,7 @@ def node_start(
     ] = None,
     data_dir: Annotated[Path, typer.Option(help=_HELP["data_dir"])] = _DEFAULT.data_dir,
     dtype: Annotated[str, typer.Option(help=_HELP["dtype"])] = _DEFAULT.dtype,
+    quant: Annotated[str, typer.Option(help=_HELP["quant"])] = _DEFAULT.quant,
     max_frame: Annotated[int, typer.Option(help=_HELP["max_frame"])] = _DEFAULT.max_frame,
     cache_tokens: Annotated[int, typer.Option(help=_HELP["cache_tokens"])] = _DEFAULT.cache_tokens,
     max_session_length: Annotated[
@@ -129,7 +130,7 @@ def node_start(
 ) -> None:
     """Serve blocks of a model to the swarm (or, without --model, act as a bootstrap peer).
 
-    Example: potluck node start --model smollm2 --blocks 0:10
+    Example: potluck node start --model smollm2 --blocks 0:10 [--quant int8]
     --initial-peers /ip4/127.0.0.1/tcp/31337/p2p/12D3KooW...
     """
     from potluck.node.run import run_node
@@ -151,6 +152,7 @@ def node_start(
         initial_peers=tuple(initial_peers or ()),
         data_dir=data_dir,
         dtype=dtype,
+        quant=quant,
         max_frame=max_frame,
         cache_tokens=cache_tokens,
         max_session_length=max_session_length,
@@ -553,11 +555,22 @@ def generate(
     trusted: Annotated[
         list[str] | None, typer.Option("--trusted", help="A server you trust (peer ID).")
     ] = None,
+    quant: Annotated[
+        str | None,
+        typer.Option(help="Most quantised weights to accept: none, int8 or nf4 (default any)."),
+    ] = None,
+    codec: Annotated[
+        str,
+        typer.Option(
+            help="How hidden states travel: float32, float16, bfloat16, int8-block or int8-block/B."
+        ),
+    ] = "float32",
 ) -> None:
     """Generate text greedily on the swarm and print it.
 
     Example: potluck generate "The capital of France is" --initial-peers /ip4/.../p2p/...
     --genesis swarm/genesis.json --key me.key --priority high --route trusted
+    [--quant none] [--codec int8-block]
     """
     from transformers import AutoTokenizer
 
@@ -573,6 +586,8 @@ def generate(
         genesis=genesis,
         identity=identity,
         trusted_servers=tuple(trusted or ()),
+        quant=quant,
+        codec=codec,
     )
     try:
         tokenizer = AutoTokenizer.from_pretrained(distributed.name_or_path)

@@ -5,6 +5,7 @@
     │   └── GenesisError             a genesis file that is missing or malformed
     ├── ModelError                   a checkpoint that cannot be found or loaded
     │   └── SpanError                a block range outside the model or the server's span
+    │       └── QuantMismatch        a request for blocks in a quantisation the server lacks
     ├── WireError                    bytes that do not decode to a valid message
     │   ├── FrameError               bad magic, version or length prefix
     │   │   └── FrameTooLarge        a frame over the configured maximum size
@@ -73,6 +74,12 @@ class SpanError(ModelError):
     """A block range that is empty or outside the model or the loaded span."""
 
     code = "bad_span"
+
+
+class QuantMismatch(SpanError):
+    """A request for blocks computed in a quantisation this server does not run."""
+
+    code = "wrong_quant"
 
 
 class WireError(PotluckError):
@@ -346,6 +353,7 @@ _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "unknown_session": UnknownSession,
     "session_limit": SessionLimitExceeded,
     "bad_span": RemoteSpanError,
+    "wrong_quant": RemoteSpanError,
     **{
         cls.code: cls
         for cls in (

@@ -39,9 +39,17 @@ from potluck.client.spotcheck import SpotChecker
 from potluck.client.swarm import SwarmClient
 from potluck.client.trust import TrustPolicy
 from potluck.client.wallet import ClientWallet
-from potluck.errors import ConfigError
-from potluck.model import ClientHead, load_config, model_identity, num_blocks, resolve_model
+from potluck.errors import ConfigError, MessageError
+from potluck.model import (
+    QUANT_MODES,
+    ClientHead,
+    load_config,
+    model_identity,
+    num_blocks,
+    resolve_model,
+)
 from potluck.p2p.identity import Identity
+from potluck.wire import WireCodec, wire_bytes
 
 
 class RemoteCache(Cache):  # type: ignore[misc]
@@ -97,8 +105,11 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
         swarm_id: str | None = None,
         trust: TrustPolicy | None = None,
         wallet: ClientWallet | None = None,
+        codec: WireCodec | None = None,
     ) -> None:
         super().__init__(config)
+        #: How hidden states travel in new sessions (`potluck.wire.WireCodec`).
+        self.codec = codec or WireCodec("float32")
         #: Which servers a `route="trusted"` session may use.
         self.trust = trust or TrustPolicy()
         self._wallet = wallet
@@ -237,6 +248,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
             options=options,
             trust=self.trust,
             buyer=buyer,
+            codec=self.codec,
         )
 
     @contextmanager
@@ -283,6 +295,8 @@ class AutoDistributedModelForCausalLM:
         genesis: str | Path | None = None,
         spot_check_rate: float | None = None,
         trusted_servers: Sequence[str] = (),
+        quant: str | None = None,
+        codec: str = "float32",
     ) -> DistributedModelForCausalLM:
         """Load the client's share of a model and join the swarm through `initial_peers`.
 
@@ -307,7 +321,20 @@ class AutoDistributedModelForCausalLM:
         `priority="high"` and priced private routes. A `route="trusted"`
         session uses only servers that a genesis validator attested, the
         validators, and `trusted_servers` (peer IDs or ledger accounts).
+
+        `quant` is the most quantised weights the client accepts: ``"none"``
+        (unquantised servers only), ``"int8"`` (also int8 and dynamic-int8) or
+        ``"nf4"``; None accepts any. Servers beyond it never receive a hidden
+        state from this client: not as hops, replacements or spot-checkers.
+        `codec` is how hidden states travel (``float32``, ``float16``,
+        ``bfloat16``, ``int8-block`` or ``int8-block/B``; `model.codec` later).
         """
+        if quant is not None and quant not in QUANT_MODES:
+            raise ConfigError(f"quant must be one of {', '.join(QUANT_MODES)}, not {quant!r}")
+        try:
+            wire_codec = WireCodec.parse(codec)
+        except MessageError as exc:
+            raise ConfigError(f"codec: {exc}") from None
         path = resolve_model(str(name_or_path))
         config = load_config(path)
         config._name_or_path = str(path)
@@ -316,7 +343,8 @@ class AutoDistributedModelForCausalLM:
             initial_peers,
             model_id=model_identity(path),
             num_blocks=num_blocks(config),
-            payload_bytes=int(config.hidden_size) * 4,
+            payload_bytes=wire_bytes(wire_codec, int(config.hidden_size)),
+            max_quant=quant,
         )
         runtime = ClientRuntime(identity, timeout=request_timeout)
         policy = FailoverPolicy(
@@ -356,6 +384,7 @@ class AutoDistributedModelForCausalLM:
             swarm_id=swarm_id,
             trust=trust,
             wallet=wallet,
+            codec=wire_codec,
         )
         if (path / "generation_config.json").is_file():
             model.generation_config = GenerationConfig.from_pretrained(path)

@@ -16,6 +16,11 @@ a failed hop. With a `SpotChecker`, sampled steps are re-run elsewhere when
 the session closes, and, with a ledger swarm, each server that was not found
 wrong gets the client's signed usage receipt in its `CloseSession`.
 
+Hidden states travel encoded with the session's codec (`potluck.wire.WireCodec`,
+fp32 by default, or fp16, bf16 or blockwise 8-bit), negotiated with each server
+when its hop opens. The client keeps and chains the *decoded* inputs, exactly
+what the server computed on, so replays and spot-checks see the same values.
+
 `SessionOptions` says what the session buys: `priority="high"` pays each
 server a `ticket` (class `paid`), `route="trusted"` sends hidden states only
 to servers the `TrustPolicy` trusts (class `private`, paid when the genesis
@@ -62,7 +67,7 @@ from potluck.p2p.framed import FramedStream
 from potluck.p2p.host import PotluckHost
 from potluck.p2p.identity import Identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
-from potluck.verify.commitment import ZERO_CHAIN, chain_inputs
+from potluck.verify.commitment import ZERO_CHAIN, chain_inputs, decoded_output
 from potluck.wire import (
     CloseSession,
     ErrorReply,
@@ -71,11 +76,13 @@ from potluck.wire import (
     OpenSession,
     SessionOpened,
     StepResult,
+    WireCodec,
 )
 
 log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
+FLOAT32 = WireCodec("float32")
 T = TypeVar("T")
 
 PRIORITY_CHOICES = ("normal", "high")
@@ -134,8 +141,10 @@ class HopSession:
         trust: TrustPolicy | None = None,
         buyer: TicketBuyer | None = None,
         ticket_class: str | None = None,
+        codec: WireCodec = FLOAT32,
     ) -> None:
         self.hop = hop
+        self.codec = codec
         self.max_length = max_length
         self.session_id = secrets.token_hex(16)
         self.trust = trust  # a private session's: its inputs go to trusted servers only
@@ -180,10 +189,19 @@ class HopSession:
             ticket = tuple(self.ticket.wire())
         self.stream = await host.open_stream(server.peer_id, PROTOCOL_INFERENCE, addrs=server.addrs)
         await self.stream.send(
-            OpenSession(self.session_id, self.hop.start, self.hop.end, self.max_length, ticket)
+            OpenSession(
+                self.session_id,
+                self.hop.start,
+                self.hop.end,
+                self.max_length,
+                ticket,
+                self.codec.label,
+            )
         )
         reply = _check_reply(await self.stream.receive(), SessionOpened, server.peer_id)
         assert isinstance(reply, SessionOpened)
+        if reply.codec != self.codec.label:
+            raise MessageError(f"server {server.peer_id} opened the session in {reply.codec}")
         self.priority, self.note = reply.priority, reply.note
         if self.ticket is not None and reply.priority == "normal":
             log.warning("%s did not honour the ticket: %s", server.peer_id, reply.note)
@@ -195,8 +213,11 @@ class HopSession:
     async def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.stream is None:
             raise NetworkError("session is not open")
-        hidden = hidden.to(WIRE_DTYPE).contiguous()
-        await self.stream.send(InferenceStep(self.session_id, self.step, self.position, hidden))
+        encoded = self.codec.encode(hidden.to(WIRE_DTYPE))
+        hidden = encoded.decode()  # (batch, seq, hidden): what the server computes on
+        await self.stream.send(
+            InferenceStep(self.session_id, self.step, self.position, encoded.hidden, encoded.scales)
+        )
         reply = _check_reply(await self.stream.receive(), StepResult, self.hop.peer_id)
         assert isinstance(reply, StepResult)
         if reply.step != self.step or reply.hidden.shape != hidden.shape:
@@ -204,6 +225,9 @@ class HopSession:
                 f"server {self.hop.peer_id} answered step {reply.step} with shape "
                 f"{tuple(reply.hidden.shape)} for step {self.step} of shape {tuple(hidden.shape)}"
             )
+        if reply.codec != self.codec.label:
+            raise MessageError(f"server {self.hop.peer_id} answered in {reply.codec}")
+        output = decoded_output(reply)  # (batch, seq, hidden) float32
         chain = chain_inputs(self.chain, hidden)
         verify_step(
             reply,
@@ -213,16 +237,18 @@ class HopSession:
             inputs=chain,
             swarm=self.swarm_id,
             dtype=self.hop.server.dtype,
+            quant=self.hop.server.quant,
+            outputs=output,
         )
         if self.checker is not None:
-            self.checker.sample(self, reply)
+            self.checker.sample(self, reply, output)
         self.swarm = reply.swarm or ZERO_CHAIN
         self.chain = chain
         self.history.append(hidden)
         self.steps.append(hidden.shape[1])
         self.step += 1
         self.position += hidden.shape[1]
-        return reply.hidden
+        return output
 
     def receipt(self, identity: Identity) -> tuple[int, str]:
         """`(tokens, signature)` of this client's usage receipt for the server."""
@@ -295,8 +321,11 @@ class InferenceSession:
         options: SessionOptions | None = None,
         trust: TrustPolicy | None = None,
         buyer: TicketBuyer | None = None,
+        codec: WireCodec = FLOAT32,
     ) -> None:
         self.runtime = runtime
+        #: How hidden states travel to and from every hop (`potluck.wire.compress`).
+        self.codec = codec
         self.swarm = swarm
         self.max_length = max_length
         self.policy = policy or FailoverPolicy()
@@ -332,6 +361,7 @@ class InferenceSession:
             trust=self.trust,
             buyer=self.buyer,
             ticket_class=self.options.ticket_class,
+            codec=self.codec,
         )
 
     @property

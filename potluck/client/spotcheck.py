@@ -17,6 +17,13 @@ returned (`potluck.verify.fingerprint.compare`): a step is checked whenever
 a later step of its hop is drawn. A mismatch becomes a `Dispute` sent
 to a validator, whose `Verdict` names who was wrong; those servers are
 excluded from this client's routes for good.
+
+Quantised servers are checked differently (`potluck.verify.fingerprint`): only
+a checker that computes in the same quantisation and **replays** the hop's
+steps (`Forward.steps`, `Forward.quant`) reproduces their outputs, so such a
+hop's checkers are validators (which load any quantisation) and servers of
+its quantisation, asked to replay, and the comparison is exact up to the
+session codec's proven error.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from potluck.verify.commitment import (
     Commitment,
     chain_inputs,
     output_root,
+    replay_chain,
     row_digests,
     step_commitment,
 )
@@ -67,10 +75,12 @@ class Sample:
     """A sampled step's reply, kept until the session's spot-check."""
 
     step: int
-    outputs: torch.Tensor  # (batch, seq, hidden) as the server returned it
+    outputs: torch.Tensor  # (batch, seq, hidden) as the server returned it, decoded
     signature: str
     dtype: str
     swarm: str
+    quant: str = "none"
+    codec: str = "float32"
 
 
 def verify_step(
@@ -82,15 +92,25 @@ def verify_step(
     inputs: str,
     swarm: str | None,
     dtype: str,
+    quant: str = "none",
+    outputs: torch.Tensor | None = None,
 ) -> Commitment:
     """The commitment of a step's reply, checked; `BadCommitment` when the signature,
-    the swarm or the compute dtype the server announced do not match."""
+    the swarm, or the compute dtype or quantisation the server announced do not
+    match. `outputs`: the reply's decoded hidden states, if already at hand."""
     if swarm is not None and reply.swarm != swarm:
         raise BadCommitment(f"server {peer_id} signed for swarm {reply.swarm[:12] or 'none'}")
     if reply.dtype != dtype:
         raise BadCommitment(f"server {peer_id} announced {dtype} but computed in {reply.dtype}")
+    if reply.quant != quant:
+        raise BadCommitment(f"server {peer_id} announced {quant} weights but used {reply.quant}")
     commitment = step_commitment(
-        reply, server=account_of_peer(peer_id), start=start, end=end, inputs=inputs
+        reply,
+        server=account_of_peer(peer_id),
+        start=start,
+        end=end,
+        inputs=inputs,
+        outputs=outputs,
     )
     commitment.verify()
     return commitment
@@ -138,17 +158,27 @@ class SpotChecker:
         trust = hop.trust
         return trust is None or trust.trusts(server, int(self.swarm.clock() * 1000))
 
-    def sample(self, hop: HopSession, reply: StepResult) -> None:
-        """Keep `hop`'s reply, and draw whether to check up to this step."""
+    def sample(self, hop: HopSession, reply: StepResult, outputs: torch.Tensor) -> None:
+        """Keep `hop`'s reply (`outputs`: decoded), and draw whether to check up to
+        this step."""
         hop.replies.append(
-            Sample(reply.step, reply.hidden, reply.signature, reply.dtype, reply.swarm)
+            Sample(
+                reply.step,
+                outputs,
+                reply.signature,
+                reply.dtype,
+                reply.swarm,
+                reply.quant,
+                reply.codec,
+            )
         )
         if self.sampler.should_check(hop.session_id, 0, reply.step):
             self.stats.sampled += 1
             hop.check_upto = reply.step
 
     def checkers(self, hop: HopSession) -> list[ServerInfo]:
-        """Servers that can re-run `hop`'s blocks: validators first, never the hop itself."""
+        """Servers that can re-run `hop`'s blocks: validators first, then servers whose
+        weights are quantised like the hop's; never the hop itself."""
         start, end = hop.hop.start, hop.hop.end
         found = [
             s
@@ -156,7 +186,7 @@ class SpotChecker:
             if s.covers(start, end) and s.peer_id != hop.hop.peer_id and self._allowed(hop, s)
         ]
         validators = [s for s in found if self.is_validator(s)]
-        others = [s for s in found if not s.validator]
+        others = [s for s in found if not s.validator and s.quant == hop.hop.server.quant]
         return validators + others
 
     async def check(self, host: PotluckHost, hops: list[HopSession]) -> set[str]:
@@ -189,30 +219,42 @@ class SpotChecker:
         return guilty
 
     async def _forward(
-        self, host: PotluckHost, checker: ServerInfo, hop: HopSession, history: torch.Tensor
+        self,
+        host: PotluckHost,
+        checker: ServerInfo,
+        hop: HopSession,
+        history: torch.Tensor,
+        steps: tuple[int, ...],
     ) -> tuple[ForwardResult, Commitment]:
+        """`checker`'s recomputation of `history` through `hop`'s blocks, in the hop's
+        quantisation; replayed step by step (`steps`) for a quantised hop."""
+        quant = hop.hop.server.quant
+        replay = steps if quant != "none" else ()
         with trio.fail_after(self.timeout):
             reply = await host.request(
                 checker.peer_id,
                 PROTOCOL_RPC,
-                Forward(hop.hop.start, hop.hop.end, history),
+                Forward(hop.hop.start, hop.hop.end, history, replay, quant),
                 addrs=checker.addrs,
             )
         if isinstance(reply, ErrorReply):
             raise reply.to_exception()
         if not isinstance(reply, ForwardResult) or reply.hidden.shape != history.shape:
             raise BadCommitment(f"checker {checker.peer_id} gave no usable forward result")
+        if reply.quant != quant:
+            raise BadCommitment(f"checker {checker.peer_id} computed in {reply.quant}, not {quant}")
         commitment = Commitment(
             swarm=reply.swarm or ZERO_CHAIN,
             session="",
             step=0,
             start=hop.hop.start,
             end=hop.hop.end,
-            inputs=chain_inputs(ZERO_CHAIN, history),
+            inputs=replay_chain(history, replay),
             outputs=output_root(row_digests(reply.hidden)),
             dtype=reply.dtype,
             server=account_of_peer(checker.peer_id),
             signature=reply.signature,
+            quant=reply.quant,
         )
         commitment.verify()
         return reply, commitment
@@ -226,7 +268,7 @@ class SpotChecker:
         checker: ServerInfo | None = None
         for checker in self.checkers(hop):
             try:
-                reply, _ = await self._forward(host, checker, hop, history)
+                reply, _ = await self._forward(host, checker, hop, history, tuple(steps))
                 break
             except (PotluckError, trio.TooSlowError) as exc:
                 log.warning("checker %s failed: %s", checker.peer_id, exc)
@@ -244,7 +286,14 @@ class SpotChecker:
         end = 0
         for kept, n in zip(hop.replies, steps, strict=False):
             end += n
-            verdict = compare(kept.outputs, reply.hidden[:, end - n : end], kept.dtype, reply.dtype)
+            verdict = compare(
+                kept.outputs,
+                reply.hidden[:, end - n : end],
+                kept.dtype,
+                reply.dtype,
+                quant=kept.quant,
+                codec=kept.codec,
+            )
             self.stats.checked += 1
             if not verdict.matches:
                 wrong.append((kept, end))
@@ -282,8 +331,8 @@ class SpotChecker:
         if not validators:
             log.warning("no validator to referee %s: excluded locally only", hop.hop.peer_id)
             return {hop.hop.peer_id}
-        reply, checker_commitment = await self._forward(host, checker, hop, history)
         steps = tuple(hop.steps[: sample.step + 1])
+        reply, checker_commitment = await self._forward(host, checker, hop, history, steps)
         n = steps[-1]
         checked_all = reply.hidden[:, -n:]
         row = int(relative_errors(sample.outputs, checked_all).argmax())
@@ -304,6 +353,8 @@ class SpotChecker:
             dtype=sample.dtype,
             server=account_of_peer(hop.hop.peer_id),
             signature=sample.signature,
+            quant=sample.quant,
+            codec=sample.codec,
         )
         evidence = Evidence(
             accused=accused,

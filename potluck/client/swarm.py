@@ -25,6 +25,7 @@ import trio
 from potluck.client.routing import Banlist, Hop, plan_route
 from potluck.client.trust import TrustPolicy
 from potluck.errors import NoRouteError, NoTrustedRouteError, PotluckError
+from potluck.model.quant import quant_within
 from potluck.p2p.announce import verify_announcement
 from potluck.p2p.discovery import PeerTable
 from potluck.p2p.gossip import exchange_views
@@ -53,6 +54,7 @@ class SwarmClient:
         request_timeout: float = 5.0,
         banlist: Banlist | None = None,
         payload_bytes: int = 0,
+        max_quant: str | None = None,
     ) -> None:
         if not initial_peers:
             raise NoRouteError("no initial peers given: pass initial_peers=[multiaddress, ...]")
@@ -67,6 +69,9 @@ class SwarmClient:
         #: Why the last view exchange with a peer failed (unreachable, unreadable...).
         self.view_failures: dict[str, str] = {}
         self.payload_bytes = payload_bytes  # hidden-state bytes of one token
+        #: The most quantised weights this client accepts (None: any); servers beyond it
+        #: are left out of everything: routes, replacements, spot-checkers, referees.
+        self.max_quant = max_quant
         self._rtt_at: dict[str, float] = {}
         #: Peers excluded for good: proven wrong, or slashed on an initial peer's ledger.
         self.excluded: set[str] = set()
@@ -87,7 +92,8 @@ class SwarmClient:
                 self.exclude(excluded)
 
     def servers(self, *, include_validators: bool = False) -> list[ServerInfo]:
-        """Live, unbanned, unexcluded servers of this model (validators only if asked)."""
+        """Live, unbanned, unexcluded servers of this model within `max_quant`
+        (validators only if asked)."""
         now = self.clock()
         banned = self.banlist.banned(now)
         return [
@@ -97,6 +103,7 @@ class SwarmClient:
             and s.peer_id not in banned
             and s.peer_id not in self.excluded
             and (include_validators or not s.validator)
+            and (self.max_quant is None or quant_within(s.quant, self.max_quant))
         ]
 
     async def refresh(self, host: PotluckHost) -> None:

@@ -22,6 +22,7 @@ from potluck.model.checkpoint import (
     num_blocks,
 )
 from potluck.model.head import ClientHead
+from potluck.model.quant import QUANT_BITS, QUANT_MODES, quant_within
 from potluck.model.registry import (
     SMOLLM2_ALIASES,
     default_cache_dir,
@@ -31,6 +32,8 @@ from potluck.model.registry import (
 from potluck.model.span import BlockSpan, SpanCache
 
 __all__ = [
+    "QUANT_BITS",
+    "QUANT_MODES",
     "SMOLLM2_ALIASES",
     "SUPPORTED_ARCHITECTURES",
     "BlockSpan",
@@ -42,5 +45,6 @@ __all__ = [
     "model_identity",
     "num_blocks",
     "prepare_smollm2",
+    "quant_within",
     "resolve_model",
 ]

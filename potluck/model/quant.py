@@ -51,21 +51,25 @@ import torch
 from torch import nn
 
 from potluck.errors import ConfigError, ModelError
+from potluck.wire.messages import QUANT_MODES
 
 if TYPE_CHECKING:
     from potluck.model.span import BlockSpan
 
 __all__ = [
+    "QUANT_BITS",
     "QUANT_MODES",
     "check_quant",
     "float_linears",
+    "quant_within",
     "quantize_blocks",
     "quantize_span",
     "weight_bytes",
 ]
 
-QUANT_MODES = ("none", "int8", "nf4", "dynamic-int8")
-"""The values of ``--quant``."""
+QUANT_BITS: dict[str, int] = {"none": 32, "int8": 8, "dynamic-int8": 8, "nf4": 4}
+"""Bits per linear weight of each mode: how far it is from the model's own weights.
+A client's `quant=` limit allows the modes with at least as many bits."""
 
 _BNB_MODES = ("int8", "nf4")
 _NF4_BLOCK = 64  # weights per nf4 scale
@@ -78,6 +82,12 @@ def check_quant(mode: str) -> str:
     if mode not in QUANT_MODES:
         raise ConfigError(f"unknown quantisation {mode!r}; use one of {', '.join(QUANT_MODES)}")
     return mode
+
+
+def quant_within(mode: str, limit: str) -> bool:
+    """Whether weights quantised as `mode` are allowed by a client's limit `limit`
+    (``"none"``: unquantised only; ``"int8"``: also int8 and dynamic-int8; ``"nf4"``: any)."""
+    return QUANT_BITS[check_quant(mode)] >= QUANT_BITS[check_quant(limit)]
 
 
 def quantize_span(span: BlockSpan, mode: str) -> None:

@@ -8,7 +8,7 @@ index, so a span's `SpanCache` is indexed like the full model's cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,11 @@ class BlockSpan:
         return next(p for p in self.layers.parameters() if p.is_floating_point()).dtype
 
     @property
+    def compute_dtype(self) -> str:
+        """`dtype` as commitments name it: "float32" or "bfloat16"."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the span's weights (quantised ones and their scales included)."""
         return weight_bytes(self.layers)
@@ -166,6 +171,30 @@ class BlockSpan:
         return hidden
 
     __call__ = forward
+
+    def replay(
+        self,
+        hidden: torch.Tensor,
+        steps: Sequence[int],
+        *,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> torch.Tensor:
+        """Blocks ``[start, end)`` over `hidden` as a session of `steps` would run them:
+        one `forward` per step (``steps[k]`` tokens each) into a fresh cache, outputs
+        concatenated. hidden: (batch, sum(steps), hidden).
+
+        Quantised blocks give bit-identical rows only to the same calls, which is
+        why a check of a quantised server replays its steps
+        (`potluck.verify.fingerprint`)."""
+        if sum(steps) != hidden.shape[1] or any(n < 1 for n in steps):
+            raise SpanError(f"steps {list(steps)[:8]} do not cut {hidden.shape[1]} tokens")
+        cache = self.new_cache()
+        parts, at = [], 0
+        for n in steps:
+            parts.append(self.forward(hidden[:, at : at + n], cache, start=start, end=end))
+            at += n
+        return torch.cat(parts, dim=1)
 
     def _masks(
         self,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from potluck.errors import ConfigError
-from potluck.wire import DEFAULT_MAX_FRAME
+from potluck.wire import DEFAULT_MAX_FRAME, QUANT_MODES
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -98,6 +98,11 @@ class NodeConfig:
     initial_peers: tuple[str, ...] = _opt((), "Multiaddresses of peers to join through.")
     data_dir: Path = _opt(Path(".potluck"), "Directory for the identity key and state.")  # noqa: RUF009
     dtype: str = _opt("float32", "Compute dtype for the served blocks: float32 or bfloat16.")
+    quant: str = _opt(
+        "none",
+        "Quantise the served blocks' weights: none, int8 or nf4 (bitsandbytes), or "
+        "dynamic-int8 (torch, often fastest on CPU). Needs --dtype float32.",
+    )
     max_frame: int = _opt(DEFAULT_MAX_FRAME, "Largest message accepted, in bytes.")
     cache_tokens: int = _opt(65536, "KV-cache budget: total tokens reserved by all open sessions.")
     max_session_length: int = _opt(8192, "Longest max_length one session may reserve.")
@@ -190,6 +195,11 @@ class NodeConfig:
             raise ConfigError("--rebalance-margin must be 0 or more")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"--dtype must be float32 or bfloat16, not {self.dtype!r}")
+        if self.quant not in QUANT_MODES:
+            modes = ", ".join(QUANT_MODES)
+            raise ConfigError(f"--quant must be one of {modes}, not {self.quant!r}")
+        if self.quant != "none" and self.dtype != "float32":
+            raise ConfigError(f"--quant {self.quant} computes in float32: leave --dtype alone")
         for name in ("cache_tokens", "max_session_length", "sessions_per_peer", "max_frame"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")

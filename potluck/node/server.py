@@ -52,6 +52,7 @@ from potluck.errors import (
     MessageError,
     NetworkError,
     PotluckError,
+    QuantMismatch,
     RemoteError,
     SpanError,
     TensorError,
@@ -61,6 +62,7 @@ from potluck.errors import (
     WireError,
 )
 from potluck.model import (
+    QUANT_BITS,
     BlockSpan,
     block_weight_bytes,
     load_config,
@@ -90,6 +92,7 @@ from potluck.verify.commitment import (
     Commitment,
     chain_inputs,
     output_root,
+    replay_chain,
     row_digests,
 )
 from potluck.wire import (
@@ -99,6 +102,7 @@ from potluck.wire import (
     CloseSession,
     Dispute,
     Echo,
+    EncodedHidden,
     ErrorReply,
     Forward,
     ForwardResult,
@@ -112,12 +116,14 @@ from potluck.wire import (
     StepResult,
     SwarmRequest,
     SwarmView,
+    WireCodec,
     decode_message,
 )
 
 log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
+FLOAT32 = WireCodec("float32")
 THROUGHPUT_FILE = "throughput.json"
 #: Closed sessions whose ticket refunds may wait to be written.
 MAX_QUEUED_SETTLEMENTS = 1000
@@ -231,6 +237,7 @@ class Server:
             expires_at=self.clock() + self.config.announce_ttl,
             validator=self.config.validator,
             dtype=self.config.dtype,
+            quant=self.span.quant,
             attestations=self.attestations,
         )
         return sign_announcement(info, self.host.identity)
@@ -259,7 +266,7 @@ class Server:
         assert span is not None
         machine = f"{platform.node()}/{platform.machine()}/{os.cpu_count()}cpu"
         return (
-            f"{self.model_id}/{span.dtype}/{machine}/{torch.get_num_threads()}threads"
+            f"{self.model_id}/{span.dtype}/{span.quant}/{machine}/{torch.get_num_threads()}threads"
             f"/delay{self.config.compute_delay}"
         )
 
@@ -354,7 +361,9 @@ class Server:
         assert self.model is not None
         path, dtype = self.model.path, getattr(torch, self.config.dtype)
         span = await trio.to_thread.run_sync(
-            functools.partial(BlockSpan.load, path, start, end, dtype=dtype)
+            functools.partial(
+                BlockSpan.load, path, start, end, dtype=dtype, quant=self.config.quant
+            )
         )
         old, self.span = self.span, span
         try:
@@ -362,7 +371,8 @@ class Server:
         except BaseException:
             self.span = old
             raise
-        log.info("serving blocks %d:%d at %.1f tokens/s", start, end, self.throughput)
+        quant = "" if span.quant == "none" else f" ({span.quant})"
+        log.info("serving blocks %d:%d%s at %.1f tokens/s", start, end, quant, self.throughput)
         if self.on_change is not None:
             self.on_change(self)
 
@@ -391,6 +401,7 @@ class Server:
     # -- compute ------------------------------------------------------------
 
     def _check_hidden(self, hidden: torch.Tensor) -> None:
+        """Decoded (float32) hidden states of this model's size."""
         if self.span is None:
             raise NotAServer("this node serves no blocks")
         if hidden.dtype != WIRE_DTYPE:
@@ -421,16 +432,25 @@ class Server:
         step: int = 0,
         inputs: str = ZERO_CHAIN,
         priority: str = "normal",
-    ) -> tuple[torch.Tensor, str]:
-        """The output of blocks [start, end) and the signature of its commitment,
-        computed when the scheduler gives `priority` its turn."""
+        codec: WireCodec = FLOAT32,
+        steps: tuple[int, ...] = (),
+    ) -> tuple[EncodedHidden, str]:
+        """The output of blocks [start, end), encoded with `codec`, and the signature
+        of its commitment (over the decoded output), computed when the scheduler gives
+        `priority` its turn. With `steps` (and no `cache`), the history is replayed:
+        one call per step into a fresh cache (`Forward.steps`)."""
         delay = self.config.compute_delay
 
-        def run() -> tuple[torch.Tensor, str]:
+        def run() -> tuple[EncodedHidden, str]:
             if delay:  # testing aid: a deliberately slow server
                 time.sleep(delay)
-            out = span.forward(hidden.to(span.dtype), cache, start=start, end=end)  # type: ignore[arg-type]
+            x = hidden.to(span.dtype)
+            if steps:
+                out = span.replay(x, steps, start=start, end=end)
+            else:
+                out = span.forward(x, cache, start=start, end=end)  # type: ignore[arg-type]
             out = self._corrupt(out.to(WIRE_DTYPE).contiguous())
+            encoded = codec.encode(out)
             commitment = Commitment(
                 swarm=self.swarm_id,
                 session=session,
@@ -438,11 +458,13 @@ class Server:
                 start=start,
                 end=end,
                 inputs=inputs,
-                outputs=output_root(row_digests(out)),
-                dtype=self.config.dtype,
+                outputs=output_root(row_digests(encoded.decode())),
+                dtype=span.compute_dtype,
                 server=self.account,
+                quant=span.quant,
+                codec=codec.label,
             )
-            return out, commitment.signed(self.host.identity).signature
+            return encoded, commitment.signed(self.host.identity).signature
 
         return await self.compute(run, priority=priority)
 
@@ -513,19 +535,31 @@ class Server:
                 raise NotAServer("this node serves no blocks")
             return info
         if isinstance(msg, Forward):
-            span = self._check_range(msg.start, msg.end)
+            span = await self._forward_span(msg)
             self._check_hidden(msg.hidden)
-            inputs = chain_inputs(ZERO_CHAIN, msg.hidden)
+            inputs = replay_chain(msg.hidden, msg.steps)
             self._log("forward", peer, start=msg.start, end=msg.end, tokens=msg.hidden.shape[1])
             out, signature = await self._compute(
-                span, msg.hidden, None, msg.start, msg.end, inputs=inputs
+                span, msg.hidden, None, msg.start, msg.end, inputs=inputs, steps=msg.steps
             )
-            return ForwardResult(out, self.swarm_id, self.config.dtype, signature)
+            return ForwardResult(
+                out.hidden, self.swarm_id, span.compute_dtype, signature, span.quant
+            )
         if isinstance(msg, Dispute):
             if self.validator is None:
                 raise NotAValidator("this node does not referee disputes")
             return await self.validator.referee(msg, peer)
         raise MessageError(f"{type(msg).__name__} is not a request on {PROTOCOL_RPC}")
+
+    async def _forward_span(self, msg: Forward) -> BlockSpan:
+        """The span a `Forward` runs on: this server's, or, on a validator asked for
+        another quantisation, that quantisation of its blocks."""
+        span = self._check_range(msg.start, msg.end)
+        if msg.quant in ("", span.quant):
+            return span
+        if self.validator is None:
+            raise QuantMismatch(f"this server computes its blocks in {span.quant}, not {msg.quant}")
+        return await self.validator.quantised_span(msg.quant)
 
     def _error(self, exc: PotluckError) -> ErrorReply:
         self.errors_sent += 1
@@ -572,6 +606,7 @@ class Server:
             session.ticket = ticket
             session.span = span  # kept even if this server moves to other blocks
             session.cache = span.new_cache()
+            session.codec = WireCodec.from_label(msg.codec)
             opened.append(msg.session_id)
             self._log(
                 "open",
@@ -581,19 +616,24 @@ class Server:
                 start=msg.start,
                 end=msg.end,
                 max_length=msg.max_length,
+                codec=msg.codec,
             )
-            return SessionOpened(msg.session_id, msg.start, msg.end, msg.max_length, priority, note)
+            return SessionOpened(
+                msg.session_id, msg.start, msg.end, msg.max_length, priority, note, msg.codec
+            )
         if isinstance(msg, InferenceStep):
             session = self.sessions.get(msg.session_id, peer)
-            self._check_hidden(msg.hidden)
-            batch, seq = msg.hidden.shape[0], msg.hidden.shape[1]
+            assert msg.scales is not None  # set by InferenceStep itself
+            hidden = session.codec.decode(msg.hidden, msg.scales)  # (batch, seq, hidden) float32
+            self._check_hidden(hidden)
+            batch, seq = hidden.shape[0], hidden.shape[1]
             self.sessions.begin_step(session, msg.step, msg.position, batch, seq, now)
-            inputs = chain_inputs(session.inputs, msg.hidden)
+            inputs = chain_inputs(session.inputs, hidden)
             ok = False
             try:
                 out, signature = await self._compute(
                     session.span,
-                    msg.hidden,
+                    hidden,
                     session.cache,
                     session.start,
                     session.end,
@@ -601,6 +641,7 @@ class Server:
                     step=msg.step,
                     inputs=inputs,
                     priority=session.priority,
+                    codec=session.codec,
                 )
                 session.inputs = inputs
                 ok = True
@@ -618,7 +659,15 @@ class Server:
                 tokens=batch * seq,
             )
             return StepResult(
-                msg.session_id, msg.step, out, self.swarm_id, self.config.dtype, signature
+                msg.session_id,
+                msg.step,
+                out.hidden,
+                self.swarm_id,
+                session.span.compute_dtype,
+                signature,
+                quant=session.span.quant,
+                codec=session.codec.label,
+                scales=out.scales,
             )
         if isinstance(msg, CloseSession):
             session = self.sessions.get(msg.session_id, peer)
@@ -800,7 +849,9 @@ async def open_node(config: NodeConfig, *, clock: Clock = time.time) -> AsyncIte
         identity = load_or_create_identity(config.data_dir)
     model: ServedModel | None = None
     if config.model is not None:
-        model = await trio.to_thread.run_sync(ServedModel.open, config.model, config.dtype)
+        model = await trio.to_thread.run_sync(
+            ServedModel.open, config.model, config.dtype, config.quant
+        )
     async with (
         open_host(
             identity,
@@ -966,14 +1017,16 @@ class ServedModel:
     bytes_per_block: int
 
     @classmethod
-    def open(cls, name_or_path: str, dtype: str) -> ServedModel:
+    def open(cls, name_or_path: str, dtype: str, quant: str = "none") -> ServedModel:
+        """`bytes_per_block` is estimated for `quant` from its bits per weight."""
         path = resolve_model(name_or_path)
         config = load_config(path)
+        float_bytes = block_weight_bytes(config, getattr(torch, dtype))
         return cls(
             path=path,
             identity=model_identity(path),
             num_blocks=num_blocks(config),
-            bytes_per_block=block_weight_bytes(config, getattr(torch, dtype)),
+            bytes_per_block=float_bytes * QUANT_BITS[quant] // 32,
         )
 
 

@@ -42,6 +42,7 @@ class Session:
     priority: str = "normal"  # the scheduling class: paid, private or normal
     ticket: Any = field(default=None, repr=False)  # the redeemed Ticket, if any
     inputs: str = "0" * 64  # the input chain of the steps so far (potluck.verify.commitment)
+    codec: Any = field(default=None, repr=False)  # the WireCodec its hidden states travel in
 
 
 class SessionTable:

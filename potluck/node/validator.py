@@ -32,6 +32,7 @@ and, when it also holds the model's blocks (`--model`, normally all of them):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -55,7 +56,7 @@ from potluck.errors import (
     remote_error,
 )
 from potluck.ledger.economy import Capacity, capacity_audit_body, epoch_of, mint_body, plan_mints
-from potluck.model import ClientHead, load_config, num_blocks
+from potluck.model import BlockSpan, ClientHead, load_config, num_blocks
 from potluck.p2p.announce import account_of_peer
 from potluck.p2p.host import PotluckHost, open_host
 from potluck.p2p.identity import Identity
@@ -64,7 +65,9 @@ from potluck.verify.commitment import (
     ZERO_CHAIN,
     Commitment,
     chain_inputs,
+    decoded_output,
     output_root,
+    replay_chain,
     row_digests,
     step_commitment,
 )
@@ -74,6 +77,7 @@ from potluck.verify.referee import (
     check_evidence,
     history_chunks,
     reference_row,
+    replay_steps,
     rule,
     slash_evidence,
 )
@@ -134,6 +138,9 @@ class Validator:
         self.verdicts: dict[str, Verdict] = {}
         self.stats: dict[int, dict[str, ProbeStats]] = {}
         self._head: ClientHead | None = None
+        #: The blocks in other quantisations than the node's own, to check their servers.
+        self._quantised: dict[str, BlockSpan] = {}
+        self._quant_lock = trio.Lock()
         self._referee_lock = trio.Lock()
         self.disputes = 0
         self.slashes = 0
@@ -164,17 +171,45 @@ class Validator:
 
     # -- referee ---------------------------------------------------------------
 
-    async def _recompute(self, history: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        """Blocks [start, end) over the whole history in one forward, as float32."""
+    async def quantised_span(self, quant: str) -> BlockSpan:
+        """The validator's blocks with weights quantised as `quant` (its own span for
+        its own mode), loaded and quantised on first use and kept: a validator checks
+        servers of every quantisation (`potluck.verify.fingerprint`)."""
         span = self.server.span
-        if span is None:
+        model = self.server.model
+        if span is None or model is None:
             raise InvalidEvidence("this validator holds no blocks")
+        if quant == span.quant:
+            return span
+        async with self._quant_lock:
+            known = self._quantised.get(quant)
+            if known is None or (known.start, known.end) != (span.start, span.end):
+                load = functools.partial(
+                    BlockSpan.load, model.path, span.start, span.end, quant=quant
+                )
+                known = self._quantised[quant] = await trio.to_thread.run_sync(load)
+                log.info("loaded blocks %d:%d in %s to check servers", span.start, span.end, quant)
+            return known
+
+    async def _recompute(
+        self,
+        history: torch.Tensor,
+        start: int,
+        end: int,
+        quant: str = "none",
+        steps: tuple[int, ...] = (),
+    ) -> torch.Tensor:
+        """Blocks [start, end) over the whole history, as float32: in one forward, or
+        replaying `steps` (`BlockSpan.replay`), with weights quantised as `quant`."""
+        span = await self.quantised_span(quant)
         if not span.start <= start < end <= span.end:
             raise InvalidEvidence(f"this validator holds blocks {span.start}:{span.end} only")
 
         def run() -> torch.Tensor:
-            out = span.forward(history.to(span.dtype), None, start=start, end=end)
-            return out.float()
+            x = history.to(span.dtype)
+            if steps:
+                return span.replay(x, steps, start=start, end=end).float()
+            return span.forward(x, None, start=start, end=end).float()
 
         return await self.server.compute(run)
 
@@ -206,15 +241,16 @@ class Validator:
             known = self.verdicts.get(evidence.case)
             if known is not None:
                 return known
+            accused = evidence.accused
             recomputed = await self._recompute(
-                history, evidence.accused.start, evidence.accused.end
+                history, accused.start, accused.end, accused.quant, replay_steps(evidence)
             )
             ruling = rule(
                 evidence,
                 outputs,
                 checked,
                 reference_row(evidence, recomputed),
-                referee_dtype=self.dtype,
+                referee_dtype=(await self.quantised_span(accused.quant)).compute_dtype,
             )
             guilty = ruling.guilty(evidence, accuser)
             entries = await self._record(evidence, history, outputs, checked, guilty, accuser)
@@ -325,7 +361,12 @@ class Validator:
         head = await trio.to_thread.run_sync(self._client_head)
         vocab = head.embed_weight.shape[0]
         before = span.new_cache() if target.start > 0 else None
-        mine = span.new_cache()
+        try:  # the target's own quantisation: only a replay of its calls is exact
+            own_mode = await self.quantised_span(target.quant)
+        except (PotluckError, ValueError) as exc:
+            log.warning("cannot probe %s in %s: %s", target.peer_id, target.quant, exc)
+            return False
+        mine = own_mode.new_cache()
         session = secrets.token_hex(16)
         chain = ZERO_CHAIN
         steps: list[int] = []
@@ -363,25 +404,35 @@ class Validator:
                     chain = chain_inputs(chain, hidden)
                     steps.append(n)
                     history.append(hidden)
+                    output = decoded_output(reply)
                     accused = step_commitment(
                         reply,
                         server=account_of_peer(target.peer_id),
                         start=target.start,
                         end=target.end,
                         inputs=chain,
+                        outputs=output,
                     )
                     accused.verify()
 
                     def reference(hidden: torch.Tensor = hidden) -> torch.Tensor:
-                        out = span.forward(hidden, mine, start=target.start, end=target.end)
+                        x = hidden.to(own_mode.dtype)
+                        out = own_mode.forward(x, mine, start=target.start, end=target.end)
                         return out.float()
 
                     ref = await self.server.compute(reference)
-                    verdict = compare(reply.hidden, ref, reply.dtype, self.dtype)
+                    verdict = compare(
+                        output,
+                        ref,
+                        reply.dtype,
+                        own_mode.compute_dtype,
+                        quant=reply.quant,
+                        codec=reply.codec,
+                    )
                     if not verdict.matches:
                         stats.mismatches += 1
                         await self._convict_probed(
-                            target, torch.cat(history, dim=1), steps, reply, accused, ref
+                            target, torch.cat(history, dim=1), steps, output, accused, ref
                         )
                         return False
                 with trio.move_on_after(5):
@@ -401,22 +452,24 @@ class Validator:
         target: ServerInfo,
         history: torch.Tensor,
         steps: list[int],
-        reply: StepResult,
+        output: torch.Tensor,
         accused: Commitment,
         reference: torch.Tensor,
     ) -> None:
-        """Referee a probe's wrong answer, with this validator as checker and accuser."""
-        rows = row_digests(reply.hidden)
+        """Referee a probe's wrong answer (`output`, decoded), with this validator as
+        checker and accuser."""
+        rows = row_digests(output)
         errors = [
             float((a - b).norm() / b.norm().clamp_min(1e-12))
             for a, b in zip(
-                reply.hidden.reshape(-1, reply.hidden.shape[-1]),
+                output.reshape(-1, output.shape[-1]),
                 reference.reshape(-1, reference.shape[-1]),
                 strict=True,
             )
         ]
         row = max(range(len(errors)), key=errors.__getitem__)
-        forward = await self._recompute(history, target.start, target.end)
+        replay = tuple(steps) if accused.quant != "none" else ()
+        forward = await self._recompute(history, target.start, target.end, accused.quant, replay)
         forward = forward.contiguous()
         own = Commitment(
             swarm=self.ledger.swarm_id,
@@ -424,10 +477,11 @@ class Validator:
             step=0,
             start=target.start,
             end=target.end,
-            inputs=chain_inputs(ZERO_CHAIN, history),
+            inputs=replay_chain(history, replay),
             outputs=output_root(row_digests(forward)),
-            dtype=self.dtype,
+            dtype=(await self.quantised_span(accused.quant)).compute_dtype,
             server=self.account,
+            quant=accused.quant,
         ).signed(self.server.host.identity)
         evidence = Evidence(
             accused=accused,
@@ -437,7 +491,7 @@ class Validator:
             accused_rows=tuple(rows),
             row=row,
         )
-        outputs = reply.hidden.reshape(-1, 1, reply.hidden.shape[-1])[row : row + 1]
+        outputs = output.reshape(-1, 1, output.shape[-1])[row : row + 1]
         checked = reference_row(evidence, forward)
         try:
             check_evidence(evidence, history, outputs, checked)

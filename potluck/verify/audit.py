@@ -14,7 +14,6 @@ plus sends received, minus spends, less slashes): `potluck ledger audit`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from potluck.ledger.core import Ledger
 from potluck.ledger.genesis import Genesis
 from potluck.ledger.store import LEDGER_FILE, SqliteBackend
 from potluck.ledger.tools import BalanceAudit, audit_balances
-from potluck.verify.referee import reverify
+from potluck.verify.referee import Recompute, reverify
 
 __all__ = ["LedgerAudit", "SlashCheck", "audit_ledger", "audit_slashes"]
 
@@ -44,7 +43,7 @@ class SlashCheck:
 
 def audit_slashes(
     ledger: Ledger,
-    recompute: Callable[[torch.Tensor, int, int], torch.Tensor],
+    recompute: Recompute,
     *,
     referee_dtype: str = "float32",
 ) -> list[SlashCheck]:
@@ -100,23 +99,30 @@ def audit_ledger(data_dir: Path, genesis: Genesis, *, model: str | None = None) 
     (a name or folder), re-verify every slash by recomputation. Read-only."""
     from potluck.model import BlockSpan, load_config, model_identity, num_blocks, resolve_model
 
-    span = None
+    spans: dict[str, BlockSpan] = {}  # per quantisation, loaded when a slash needs it
+    path = None
     if model is not None:
         path = resolve_model(model)
         if model_identity(path) != genesis.model_identity:
             raise ConfigError(f"{model} is not the model of swarm {genesis.name!r}")
-        span = BlockSpan.load(path, 0, num_blocks(load_config(path)))
+        blocks = num_blocks(load_config(path))
     with SqliteBackend(data_dir / LEDGER_FILE, readonly=True) as backend:
         backend.claim_swarm(genesis.swarm_id)
         ledger = Ledger(genesis, backend)
         balances = audit_balances(ledger)
         slashes: list[SlashCheck] = []
-        if span is not None:
-            recompute_span = span
+        if path is not None:
+            model_path = path
 
-            def recompute(history: torch.Tensor, start: int, end: int) -> torch.Tensor:
-                out = recompute_span.forward(history, None, start=start, end=end)
-                return out.float()
+            def recompute(
+                history: torch.Tensor, start: int, end: int, quant: str, steps: tuple[int, ...]
+            ) -> torch.Tensor:
+                if quant not in spans:
+                    spans[quant] = BlockSpan.load(model_path, 0, blocks, quant=quant)
+                span = spans[quant]
+                if steps:
+                    return span.replay(history, steps, start=start, end=end).float()
+                return span.forward(history, None, start=start, end=end).float()
 
             slashes = audit_slashes(ledger, recompute)
-    return LedgerAudit(balances, slashes, span is not None)
+    return LedgerAudit(balances, slashes, path is not None)

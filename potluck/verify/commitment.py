@@ -3,8 +3,8 @@
 Every `StepResult` and `ForwardResult` carries the server's Ed25519 signature
 over a `Commitment`::
 
-    DOMAIN || canonical JSON {"dtype", "end", "inputs", "outputs", "server",
-                              "session", "start", "step", "swarm"}
+    DOMAIN || canonical JSON {"codec", "dtype", "end", "inputs", "outputs", "quant",
+                              "server", "session", "start", "step", "swarm"}
 
 - `inputs` is the session's **input chain** after this step:
   `sha256(previous chain || sha256(tensor bytes of this step's input))`,
@@ -16,6 +16,13 @@ over a `Commitment`::
   each row is hashed (`row_digests`), and the root is the sha256 of the
   concatenated row digests. One row (one token's hidden state) can then be
   shown to belong to a commitment with the list of row digests alone.
+
+- `dtype` and `quant` say how the server computed (its compute dtype and the
+  quantisation of its weights, `QUANT_MODES`): they set the tolerance of any
+  comparison with the output. `codec` is the session's wire codec
+  (`potluck.wire.WireCodec.label`): hidden states travel encoded, and both the
+  input chain and the output rows are over the **decoded** float32 tensors,
+  which both sides compute bit-identically from what travelled.
 
 Tensors are hashed as their little-endian bytes together with dtype and
 shape, so two tensors with equal digests are bit-identical.
@@ -32,9 +39,9 @@ import torch
 from cryptography.exceptions import InvalidSignature as _BadSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from potluck.errors import BadCommitment
+from potluck.errors import BadCommitment, PotluckError
 from potluck.p2p.identity import Identity
-from potluck.wire import StepResult
+from potluck.wire import QUANT_MODES, StepResult, WireCodec
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -42,13 +49,15 @@ __all__ = [
     "ZERO_CHAIN",
     "Commitment",
     "chain_inputs",
+    "decoded_output",
     "output_root",
+    "replay_chain",
     "row_digests",
     "step_commitment",
     "tensor_digest",
 ]
 
-DOMAIN = b"potluck/commitment/v1\x00"
+DOMAIN = b"potluck/commitment/v2\x00"
 ZERO_CHAIN = "0" * 64
 COMPUTE_DTYPES = ("float32", "bfloat16")
 """The dtypes a server may compute in: those with a calibrated comparison threshold."""
@@ -68,6 +77,17 @@ def chain_inputs(previous: str, hidden: torch.Tensor) -> str:
     """The input chain after a step whose input is `hidden`."""
     step = bytes.fromhex(tensor_digest(hidden))
     return hashlib.sha256(bytes.fromhex(previous) + step).hexdigest()
+
+
+def replay_chain(hidden: torch.Tensor, steps: tuple[int, ...] = ()) -> str:
+    """The input chain of `hidden` (batch, tokens, h) sent as steps of `steps` tokens
+    each (one step of all of it when `steps` is empty): what a session of those
+    steps, or a `Forward` replaying them, signs."""
+    chain, at = ZERO_CHAIN, 0
+    for n in steps or (hidden.shape[1],):
+        chain = chain_inputs(chain, hidden[:, at : at + n])
+        at += n
+    return chain
 
 
 def row_digests(hidden: torch.Tensor) -> list[str]:
@@ -99,6 +119,8 @@ class Commitment:
     dtype: str  # the dtype the server computed in (sets the comparison's tolerance)
     server: str  # the signer's Ed25519 public key, hex (its ledger account)
     signature: str = ""
+    quant: str = "none"  # how the server's weights were quantised
+    codec: str = "float32"  # how the hidden states travelled (a WireCodec label)
 
     def __post_init__(self) -> None:
         for name in ("swarm", "inputs", "outputs", "server"):
@@ -112,6 +134,12 @@ class Commitment:
                 raise BadCommitment(f"commitment {name} must be a whole number")
         if self.dtype not in COMPUTE_DTYPES:
             raise BadCommitment(f"commitment dtype {self.dtype!r} is not a compute dtype")
+        if self.quant not in QUANT_MODES:
+            raise BadCommitment(f"commitment quant {self.quant!r} is not one of {QUANT_MODES}")
+        try:
+            WireCodec.from_label(self.codec)
+        except PotluckError:
+            raise BadCommitment(f"commitment codec {self.codec!r} is not a codec label") from None
         if not self.start < self.end:
             raise BadCommitment("commitment span must have start < end")
         if not isinstance(self.signature, str) or (
@@ -122,10 +150,12 @@ class Commitment:
     def payload(self) -> bytes:
         """The bytes the server signs."""
         body = {
+            "codec": self.codec,
             "dtype": self.dtype,
             "end": self.end,
             "inputs": self.inputs,
             "outputs": self.outputs,
+            "quant": self.quant,
             "server": self.server,
             "session": self.session,
             "start": self.start,
@@ -165,25 +195,41 @@ class Commitment:
             "dtype": self.dtype,
             "server": self.server,
             "signature": self.signature,
+            "quant": self.quant,
+            "codec": self.codec,
         }
 
     @classmethod
     def from_json(cls, data: object) -> Commitment:
         """A commitment from `to_json()` output; `BadCommitment` for anything else."""
         if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
-            raise BadCommitment("a commitment is an object with exactly its ten fields")
+            raise BadCommitment("a commitment is an object with exactly its twelve fields")
         try:
             return cls(**data)
         except TypeError as exc:
             raise BadCommitment(f"malformed commitment: {exc}") from None
 
 
+def decoded_output(reply: StepResult) -> torch.Tensor:
+    """A step's output hidden states as float32, decoded with the reply's codec
+    (`TensorError` if they are not a valid encoding)."""
+    assert reply.scales is not None  # set by StepResult itself
+    return WireCodec.from_label(reply.codec).decode(reply.hidden, reply.scales)
+
+
 def step_commitment(
-    reply: StepResult, *, server: str, start: int, end: int, inputs: str
+    reply: StepResult,
+    *,
+    server: str,
+    start: int,
+    end: int,
+    inputs: str,
+    outputs: torch.Tensor | None = None,
 ) -> Commitment:
     """The commitment a step's reply carries, rebuilt from what the receiver knows
-    (`server` is the sender's account, `inputs` the input chain after the step);
-    call `verify()` on it."""
+    (`server` is the sender's account, `inputs` the input chain after the step,
+    `outputs` the decoded output if already at hand); call `verify()` on it."""
+    decoded = decoded_output(reply) if outputs is None else outputs
     return Commitment(
         swarm=reply.swarm or ZERO_CHAIN,
         session=reply.session_id,
@@ -191,8 +237,10 @@ def step_commitment(
         start=start,
         end=end,
         inputs=inputs,
-        outputs=output_root(row_digests(reply.hidden)),
+        outputs=output_root(row_digests(decoded)),
         dtype=reply.dtype,
         server=server,
         signature=reply.signature,
+        quant=reply.quant,
+        codec=reply.codec,
     )

@@ -11,7 +11,12 @@ three tensors (the `Dispute` message):
 
 `check_evidence` makes sure the record proves what it claims: both
 commitments are signed; the history chains to the accused's signed
-`inputs` step by step and, as one step, to the checker's; `outputs` is row
+`inputs` step by step and to the checker's (as one step; for a quantised
+accused, step by step too: its checker must have replayed the steps in the
+same quantisation, and the referee does likewise, `replay_steps`); the
+checker's forward travelled uncompressed, while the accused's step may have
+travelled under its session's codec (the comparison allows the codec's
+proven error); `outputs` is row
 `row` of the accused's signed output (`accused_rows`) and `checked` the
 checker's row for the same position. Only then does the referee recompute the span
 on `history` (outside this module) and `rule` compares both answers with
@@ -42,6 +47,7 @@ from potluck.verify.commitment import (
     Commitment,
     chain_inputs,
     output_root,
+    replay_chain,
     row_digests,
 )
 from potluck.verify.fingerprint import Comparison, compare
@@ -51,12 +57,14 @@ __all__ = [
     "CHUNK_BYTES",
     "MAX_CHUNKS",
     "Evidence",
+    "Recompute",
     "Ruling",
     "check_evidence",
     "history_chunks",
     "history_from_chunks",
     "pack_tensor",
     "reference_row",
+    "replay_steps",
     "reverify",
     "row_position",
     "rule",
@@ -158,6 +166,13 @@ def check_evidence(
         raise InvalidEvidence("the two commitments are for different swarms")
     if checker.session or checker.step:
         raise InvalidEvidence("the checker's commitment is not for a stateless forward")
+    if accused.quant != "none" and checker.quant != accused.quant:
+        raise InvalidEvidence(
+            f"a {accused.quant} server's step must be checked in {accused.quant}, "
+            f"not {checker.quant}"
+        )
+    if checker.codec != "float32":
+        raise InvalidEvidence("a checker's forward travels uncompressed")
     if (accused.start, accused.end) != (checker.start, checker.end):
         raise InvalidEvidence("the checker computed other blocks than the accused")
     if len(evidence.steps) != accused.step + 1:
@@ -180,7 +195,8 @@ def check_evidence(
         at += n
     if chain != accused.inputs:
         raise InvalidEvidence("the history does not chain to the accused's signed inputs")
-    if chain_inputs(ZERO_CHAIN, history) != checker.inputs:
+    given = replay_chain(history, replay_steps(evidence))
+    if given != checker.inputs:
         raise InvalidEvidence("the history is not what the checker was given")
     if output_root(list(evidence.accused_rows)) != accused.outputs:
         raise InvalidEvidence("the accused's rows do not match its signed outputs")
@@ -214,6 +230,18 @@ class Ruling:
         return found
 
 
+def replay_steps(evidence: Evidence) -> tuple[int, ...]:
+    """How the disputed span must be recomputed: the accused session's steps, one call
+    each, for quantised weights (only a replay is bit-identical,
+    `potluck.verify.fingerprint`); `()`, one call over the whole history, otherwise."""
+    return evidence.steps if evidence.accused.quant != "none" else ()
+
+
+#: `recompute(history, start, end, quant, steps)`: blocks [start, end) over the history
+#: with weights quantised as `quant`, replaying `steps` (one call if empty), as float32.
+Recompute = Callable[[torch.Tensor, int, int, str, tuple[int, ...]], torch.Tensor]
+
+
 def reference_row(evidence: Evidence, recomputed: torch.Tensor) -> torch.Tensor:
     """The disputed row, `(1, 1, hidden)`, of a recomputation over the whole history."""
     total = sum(evidence.steps)
@@ -230,10 +258,25 @@ def rule(
     referee_dtype: str,
 ) -> Ruling:
     """Compare both answers with the referee's `reference` row (`reference_row`)."""
+    accused, checker = evidence.accused, evidence.checker
     return Ruling(
         case=evidence.case,
-        accused=compare(outputs, reference, evidence.accused.dtype, referee_dtype),
-        checker=compare(checked, reference, evidence.checker.dtype, referee_dtype),
+        accused=compare(
+            outputs,
+            reference,
+            accused.dtype,
+            referee_dtype,
+            quant=accused.quant,
+            codec=accused.codec,
+        ),
+        checker=compare(
+            checked,
+            reference,
+            checker.dtype,
+            referee_dtype,
+            quant=checker.quant,
+            codec=checker.codec,
+        ),
     )
 
 
@@ -329,16 +372,17 @@ def slash_evidence(
 def reverify(
     body: Mapping[str, Any],
     chunk_data: Callable[[str], str],
-    recompute: Callable[[torch.Tensor, int, int], torch.Tensor],
+    recompute: Recompute,
     *,
     referee_dtype: str = "float32",
 ) -> tuple[Ruling, list[tuple[str, str]]]:
     """Re-run the referee on a slash's evidence, from the ledger alone.
 
     `chunk_data(hash)` returns the `data` of the evidence audit entry with that
-    hash; `recompute(history, start, end)` runs blocks [start, end) over the
-    history in one forward. Returns the ruling and who it finds guilty, which
-    must include the slashed account for the slash to stand."""
+    hash; `recompute` (a `Recompute`) runs the disputed blocks over the history
+    as `replay_steps` says, in the accused's quantisation. Returns the ruling and
+    who it finds guilty, which must include the slashed account for the slash to
+    stand."""
     evidence_obj = body.get("evidence")
     if not isinstance(evidence_obj, Mapping):
         raise InvalidEvidence("the slash carries no evidence")
@@ -352,9 +396,11 @@ def reverify(
     outputs = unpack_tensor(evidence_obj.get("outputs"))
     checked = unpack_tensor(evidence_obj.get("checked"))
     check_evidence(evidence, history, outputs, checked)
-    reference = reference_row(
-        evidence, recompute(history, evidence.accused.start, evidence.accused.end)
+    accused = evidence.accused
+    recomputed = recompute(
+        history, accused.start, accused.end, accused.quant, replay_steps(evidence)
     )
+    reference = reference_row(evidence, recomputed)
     ruling = rule(evidence, outputs, checked, reference, referee_dtype=referee_dtype)
     accuser = evidence_obj.get("accuser")
     return ruling, ruling.guilty(evidence, accuser if isinstance(accuser, str) else "")

@@ -167,6 +167,14 @@ class WireCodec:
                 return cls(_INT8, int(match.group(1)))
         raise MessageError(f"not a codec label: {_show(label)}")
 
+    @classmethod
+    def parse(cls, text: object) -> WireCodec:
+        """A codec from what a user writes: a label, or ``int8-block`` alone for the
+        default block size; `MessageError` for anything else."""
+        if text == _INT8:
+            return cls(_INT8)
+        return cls.from_label(text)
+
     @property
     def label(self) -> str:
         """Canonical text: ``float32``, ``float16``, ``bfloat16`` or ``int8-block/<B>``."""

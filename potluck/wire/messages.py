@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import torch
 
 from potluck.errors import MessageError, PotluckError, RemoteError, TensorError, remote_error
+from potluck.wire.compress import WireCodec
 from potluck.wire.tensors import TensorMeta, tensor_from_bytes, tensor_to_bytes
 
 __all__ = [
@@ -69,11 +70,13 @@ __all__ = [
     "MAX_ECHO_ELEMENTS",
     "MAX_ERROR_MESSAGE",
     "MAX_LEDGER_ENTRIES",
+    "MAX_REPLAY_CALLS",
     "MAX_SERVERS",
     "MAX_SESSION_LENGTH",
     "MAX_TICKET_TEXT",
     "MESSAGE_TYPES",
     "PRIORITIES",
+    "QUANT_MODES",
     "AccountReply",
     "AccountRequest",
     "CloseSession",
@@ -119,7 +122,11 @@ _MAX_PEER_ID = 128
 _MAX_VERSION = 64
 _SESSION_ID = re.compile(r"[0-9a-f]{1,64}")
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
-_HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
+_HIDDEN_DTYPES = ("float32", "float16", "bfloat16", "int8")
+QUANT_MODES = ("none", "int8", "nf4", "dynamic-int8")
+"""How a server may quantise the weights of its blocks (`potluck.model.quant`)."""
+MAX_REPLAY_CALLS = MAX_SESSION_LENGTH
+"""Most calls a replaying `Forward` may split its history into (one per token at most)."""
 _HEADER_LENGTH = struct.Struct(">I")
 _HEADER_KEYS = frozenset({"type", "fields", "tensors"})
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape"})
@@ -170,15 +177,44 @@ def _check_span(start: object, end: object) -> None:
         raise MessageError(f"span must have start < end, got [{start}, {end})")
 
 
-def _check_hidden(value: object) -> None:
-    """Hidden states: a (batch, seq, hidden) floating tensor, every size >= 1."""
+def _check_hidden(value: object, *, floating: bool = False) -> None:
+    """Hidden states: a (batch, seq, hidden) tensor, every size >= 1, of a float
+    dtype or int8 (blockwise 8-bit codes, `potluck.wire.compress`) unless `floating`."""
     if not isinstance(value, torch.Tensor):
         raise TensorError(f"hidden must be a torch.Tensor, got {type(value).__name__}")
     meta = TensorMeta.of(value)
-    if meta.dtype not in _HIDDEN_DTYPES:
-        raise TensorError(f"hidden must be one of {_HIDDEN_DTYPES}, got {meta.dtype}")
+    allowed = _HIDDEN_DTYPES[:-1] if floating else _HIDDEN_DTYPES
+    if meta.dtype not in allowed:
+        raise TensorError(f"hidden must be one of {allowed}, got {meta.dtype}")
     if len(meta.shape) != 3 or min(meta.shape) < 1:
         raise TensorError(f"hidden must have shape (batch, seq, hidden) >= 1, got {meta.shape}")
+
+
+def _scales_field(scales: object, hidden: torch.Tensor) -> torch.Tensor:
+    """The scales that travel with `hidden`: float32 (batch, seq, n); None is n = 0.
+
+    Whether n and the values fit the session's codec is checked where the codec is
+    known (`WireCodec.decode`)."""
+    if scales is None:
+        return torch.empty((*hidden.shape[:2], 0), dtype=torch.float32)
+    if not isinstance(scales, torch.Tensor):
+        raise TensorError(f"scales must be a torch.Tensor, got {type(scales).__name__}")
+    meta = TensorMeta.of(scales)
+    if meta.dtype != "float32" or len(meta.shape) != 3 or meta.shape[:2] != hidden.shape[:2]:
+        raise TensorError(
+            f"scales must be float32 of shape {[*hidden.shape[:2], 'n']}, "
+            f"got {meta.dtype} of shape {list(meta.shape)}"
+        )
+    return scales
+
+
+def _check_quant(value: object) -> None:
+    if value not in QUANT_MODES:
+        raise MessageError(f"quant must be one of {QUANT_MODES}, got {_show(value)}")
+
+
+def _check_codec(value: object) -> None:
+    WireCodec.from_label(value)  # MessageError unless a canonical codec label
 
 
 _COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -270,26 +306,31 @@ class OpenSession(Message):
     """Ask a server to open an inference session over blocks [start, end).
 
     `ticket`, when not empty, is the client's signed `ticket` ledger entry
-    (wire form) that buys this session a better class (`potluck.ledger.tickets`)."""
+    (wire form) that buys this session a better class (`potluck.ledger.tickets`).
+    `codec` (a `WireCodec.label`) is how the session's hidden states travel, both
+    ways."""
 
     session_id: str
     start: int
     end: int
     max_length: int
     ticket: tuple[str, ...] = ()
+    codec: str = "float32"
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_span(self.start, self.end)
         _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+        _check_codec(self.codec)
         if self.ticket != ():
             object.__setattr__(self, "ticket", _signed_entry("ticket", self.ticket))
 
 
 @dataclass(frozen=True)
 class SessionOpened(Message):
-    """The server opened the session; echoes what it agreed to, the class it
-    schedules the session in, and why it did not honour a ticket (`note`)."""
+    """The server opened the session; echoes what it agreed to (blocks, length,
+    codec), the class it schedules the session in, and why it did not honour a
+    ticket (`note`)."""
 
     session_id: str
     start: int
@@ -297,11 +338,13 @@ class SessionOpened(Message):
     max_length: int
     priority: str = "normal"
     note: str = ""
+    codec: str = "float32"
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_span(self.start, self.end)
         _check_int("max_length", self.max_length, 1, MAX_SESSION_LENGTH)
+        _check_codec(self.codec)
         if self.priority not in PRIORITIES:
             raise MessageError(f"priority must be one of {PRIORITIES}, got {_show(self.priority)}")
         _check_str("note", self.note, MAX_ERROR_MESSAGE, min_len=0)
@@ -309,27 +352,33 @@ class SessionOpened(Message):
 
 @dataclass(frozen=True, eq=False)
 class InferenceStep(Message):
-    """Run new tokens' hidden states through the session's blocks."""
+    """Run new tokens' hidden states through the session's blocks.
 
-    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+    `hidden` and `scales` are the new tokens' states encoded with the session's
+    codec (`potluck.wire.compress`; `scales` is empty but for ``int8-block``)."""
+
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden", "scales")
 
     session_id: str
     step: int
     position: int  # index in the session of the first token in `hidden`
     hidden: torch.Tensor  # (batch, seq, hidden)
+    scales: torch.Tensor | None = None  # (batch, seq, blocks); None: no scales
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_int("step", self.step, 0)
         _check_int("position", self.position, 0)
         _check_hidden(self.hidden)
+        object.__setattr__(self, "scales", _scales_field(self.scales, self.hidden))
 
 
 @dataclass(frozen=True, eq=False)
 class StepResult(Message):
-    """The hidden states after the session's blocks, for step `step`."""
+    """The hidden states after the session's blocks, for step `step`, encoded with
+    the session's codec (`hidden`, `scales`), and what the commitment binds."""
 
-    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
+    _TENSORS: ClassVar[tuple[str, ...]] = ("hidden", "scales")
 
     session_id: str
     step: int
@@ -337,13 +386,19 @@ class StepResult(Message):
     swarm: str = ""  # the swarm id the commitment is for
     dtype: str = "float32"  # the dtype the server computed in
     signature: str = ""  # the server's signature over the step's Commitment
+    quant: str = "none"  # how the server's weights are quantised
+    codec: str = "float32"  # the session's codec (the commitment binds decoded outputs)
+    scales: torch.Tensor | None = None  # (batch, seq, blocks); None: no scales
 
     def __post_init__(self) -> None:
         _check_session_id(self.session_id)
         _check_int("step", self.step, 0)
         _check_hidden(self.hidden)
+        object.__setattr__(self, "scales", _scales_field(self.scales, self.hidden))
         _check_commitment_fields(self.swarm, self.signature)
         _check_dtype(self.dtype)
+        _check_quant(self.quant)
+        _check_codec(self.codec)
 
 
 @dataclass(frozen=True)
@@ -380,22 +435,41 @@ class SessionClosed(Message):
 
 @dataclass(frozen=True, eq=False)
 class Forward(Message):
-    """Run hidden states through blocks [start, end) with no session or cache."""
+    """Run float hidden states through blocks [start, end) with no session kept.
+
+    With `steps` (token counts adding up to the sequence), the server *replays*
+    them: one call per count into a fresh KV cache, as a session made of those
+    steps would have, instead of one call over the whole sequence. `quant` asks
+    for the blocks in that quantisation ("": whatever the server runs); a server
+    without it answers `QuantMismatch`."""
 
     _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
 
     start: int
     end: int
     hidden: torch.Tensor  # (batch, seq, hidden)
+    steps: tuple[int, ...] = ()
+    quant: str = ""
 
     def __post_init__(self) -> None:
         _check_span(self.start, self.end)
-        _check_hidden(self.hidden)
+        _check_hidden(self.hidden, floating=True)
+        if not isinstance(self.steps, tuple) or len(self.steps) > MAX_REPLAY_CALLS:
+            raise MessageError(f"steps must be a tuple of at most {MAX_REPLAY_CALLS} counts")
+        for n in self.steps:
+            _check_int("steps[]", n, 1)
+        if self.steps and sum(self.steps) != self.hidden.shape[1]:
+            raise MessageError(
+                f"steps add up to {sum(self.steps)} tokens, hidden holds {self.hidden.shape[1]}"
+            )
+        if self.quant != "":
+            _check_quant(self.quant)
 
 
 @dataclass(frozen=True, eq=False)
 class ForwardResult(Message):
-    """The hidden states after a `Forward`, with the server's commitment."""
+    """The hidden states after a `Forward`, with the server's commitment (computed
+    in `dtype` and `quant`, sent uncompressed)."""
 
     _TENSORS: ClassVar[tuple[str, ...]] = ("hidden",)
 
@@ -403,11 +477,13 @@ class ForwardResult(Message):
     swarm: str = ""
     dtype: str = "float32"
     signature: str = ""
+    quant: str = "none"
 
     def __post_init__(self) -> None:
-        _check_hidden(self.hidden)
+        _check_hidden(self.hidden, floating=True)
         _check_commitment_fields(self.swarm, self.signature)
         _check_dtype(self.dtype)
+        _check_quant(self.quant)
 
 
 @dataclass(frozen=True, eq=False)
@@ -454,6 +530,7 @@ class ServerInfo(Message):
     bandwidth: float = 0.0  # bytes/s the server measured to a peer (0: not measured)
     validator: bool = False  # a validator: a spot-checker and referee, not a route hop
     dtype: str = "float32"  # the dtype the server computes in
+    quant: str = "none"  # how its weights are quantised (QUANT_MODES)
     #: validators' signed `attest` entries for this server (wire form), for private routes
     attestations: tuple[tuple[str, str], ...] = ()
     signature: str = ""  # hex Ed25519 signature by peer_id's key (potluck.p2p.announce)
@@ -467,6 +544,7 @@ class ServerInfo(Message):
         if not isinstance(self.validator, bool):
             raise MessageError("validator must be a boolean")
         _check_dtype(self.dtype)
+        _check_quant(self.quant)
         if not isinstance(self.addrs, tuple) or len(self.addrs) > MAX_ADDRS:
             raise MessageError(f"addrs must be a tuple of at most {MAX_ADDRS} strings")
         for addr in self.addrs:

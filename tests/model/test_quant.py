@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from potluck.errors import ConfigError, ModelError
+from potluck.errors import ConfigError, ModelError, SpanError
 from potluck.model import BlockSpan, ClientHead
 from potluck.model.quant import (
     QUANT_MODES,
     float_linears,
+    quant_within,
     quantize_blocks,
     quantize_span,
     weight_bytes,
@@ -159,3 +160,34 @@ def test_missing_bitsandbytes_is_a_model_error(
     with pytest.raises(ModelError, match="pip install bitsandbytes"):
         quantize_span(span, "nf4")
     quantize_span(span, "dynamic-int8")  # torch's own needs no bitsandbytes
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_replay_gives_a_sessions_rows_bit_for_bit(tiny_llama: Path, mode: str) -> None:
+    """`BlockSpan.replay` of a session's inputs, cut as its steps were, is bit-identical
+    to the session's outputs: what a quantised server's checker relies on."""
+    head = ClientHead.load(tiny_llama)
+    span = BlockSpan.load(tiny_llama, 0, 6, quant=mode)
+    cache = span.new_cache()
+    inputs = [head.embed(prompt()), *(head.embed(torch.tensor([[t]])) for t in (5, 9, 77))]
+    outputs = [span.forward(x, cache, start=1, end=5) for x in inputs]
+    history = torch.cat(inputs, dim=1)
+    steps = [x.shape[1] for x in inputs]
+    again = BlockSpan.load(tiny_llama, 0, 6, quant=mode)
+    assert torch.equal(again.replay(history, steps, start=1, end=5), torch.cat(outputs, dim=1))
+
+
+def test_replay_refuses_steps_that_do_not_cut_the_history(tiny_llama: Path) -> None:
+    span = BlockSpan.load(tiny_llama, 0, 2)
+    hidden = torch.zeros(1, 4, span.config.hidden_size)
+    for steps in ([1, 2], [2, 3], [4, 0], []):
+        with pytest.raises(SpanError, match="do not cut"):
+            span.replay(hidden, steps)
+
+
+def test_a_clients_quant_limit_orders_modes_by_bits() -> None:
+    assert [m for m in QUANT_MODES if quant_within(m, "none")] == ["none"]
+    assert [m for m in QUANT_MODES if quant_within(m, "int8")] == ["none", "int8", "dynamic-int8"]
+    assert [m for m in QUANT_MODES if quant_within(m, "nf4")] == list(QUANT_MODES)
+    with pytest.raises(ConfigError):
+        quant_within("none", "int4")

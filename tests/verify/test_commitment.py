@@ -20,6 +20,7 @@ from potluck.verify.commitment import (
     row_digests,
     tensor_digest,
 )
+from potluck.wire import QUANT_MODES
 
 SERVER = Identity.generate()
 OTHER = Identity.generate()
@@ -77,6 +78,14 @@ def changed(commitment: Commitment, name: str, data: st.DataObject) -> Commitmen
         new = data.draw(st.integers(commitment.start + 1, 2**40).filter(lambda v: v != old))
     elif name == "step":
         new = data.draw(whole.filter(lambda v: v != old))
+    elif name == "quant":
+        new = data.draw(st.sampled_from(QUANT_MODES).filter(lambda q: q != old))
+    elif name == "codec":
+        new = data.draw(
+            st.sampled_from(
+                ["float32", "float16", "bfloat16", "int8-block/64", "int8-block/16"]
+            ).filter(lambda c: c != old)
+        )
     else:
         new = data.draw(hex64.filter(lambda h: h != old))
     return dataclasses.replace(commitment, **{name: new})

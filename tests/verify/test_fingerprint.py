@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from potluck.model import BlockSpan, ClientHead
 from potluck.testing.models import make_tiny_llama
 from potluck.verify.fingerprint import (
+    REPLAY_THRESHOLD,
     THRESHOLDS,
     Comparison,
     compare,
     relative_errors,
     threshold_for,
 )
+from potluck.wire import WireCodec
 
 
 def additive(out: torch.Tensor, magnitude: float, seed: int) -> torch.Tensor:
@@ -257,3 +259,68 @@ def test_a_corrupted_decode_step_is_caught_in_float32(tiny_model: Path, corrupt:
         result = compare(bad, reference[:, step : step + 1], "float32")
         assert not result.matches, (step, result)
         assert result.max_error > 10 * THRESHOLDS["float32"]
+
+
+# -- quantised weights and wire codecs -------------------------------------------------
+
+CODECS = ["float32", "float16", "bfloat16", "int8-block/64", "int8-block/16", "int8-block/4096"]
+
+
+def received(codec: str, out: torch.Tensor) -> torch.Tensor:
+    """`out` as the client gets it from a server under `codec`."""
+    return WireCodec.from_label(codec).encode(out).decode()
+
+
+def test_a_quantised_output_is_only_compared_with_a_replay() -> None:
+    assert threshold_for("float32", quant="int8") == REPLAY_THRESHOLD
+    assert threshold_for("float32", quant="none") == THRESHOLDS["float32"]
+    assert REPLAY_THRESHOLD * 100 <= 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(codec=st.sampled_from(CODECS), seed=st.integers(0, 2**16), noise=st.floats(0, 1e-6))
+def test_compression_never_counts_as_dishonesty(codec: str, seed: int, noise: float) -> None:
+    """An honest float32 server's output, received under any codec, matches a checker's
+    recomputation that differs by float noise (the codec's proven error is allowed)."""
+    out = hidden_like(seed=seed)
+    checker = multiplicative(out, noise, seed + 1)
+    verdict = compare(received(codec, out), checker, "float32", codec=codec)
+    assert verdict.matches, verdict
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    codec=st.sampled_from(CODECS),
+    quant=st.sampled_from(["int8", "nf4", "dynamic-int8"]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_replayed_quantised_output_compares_exactly_under_any_codec(
+    codec: str, quant: str, seed: int
+) -> None:
+    out = hidden_like(seed=seed)
+    verdict = compare(received(codec, out), out, "float32", quant=quant, codec=codec)
+    assert verdict.matches and verdict.max_error == 0.0
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("corrupt", [additive, multiplicative])
+def test_a_1e3_corruption_of_a_quantised_server_is_caught_under_any_codec(
+    codec: str, corrupt: object
+) -> None:
+    """Against a replay the check is exact, so a corruption far below the codec's
+    quantum is still seen: it moves some codes."""
+    assert callable(corrupt)
+    out = hidden_like()
+    for seed in range(5):
+        cheated = received(codec, corrupt(out, 1e-3, seed))
+        verdict = compare(cheated, out, "float32", quant="int8", codec=codec)
+        assert verdict.rows_over == verdict.rows, (seed, verdict)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_1e1_corruption_of_a_float32_server_is_caught_under_any_codec(codec: str) -> None:
+    out = hidden_like()
+    for seed in range(5):
+        cheated = received(codec, additive(out, 0.1, seed))
+        verdict = compare(cheated, out, "float32", codec=codec)
+        assert verdict.rows_over == verdict.rows, (seed, verdict)

@@ -96,13 +96,19 @@ def make_case(span: BlockSpan, *, corrupt: float = 0.0, checker_corrupt: float =
 
 
 def recompute(span: BlockSpan):  # type: ignore[no-untyped-def]
-    return lambda history, start, end: span.forward(history, None, start=start, end=end)
+    """A `Recompute` over an unquantised span (these cases are all float32)."""
+
+    def run(history, start, end, quant, steps):  # type: ignore[no-untyped-def]
+        assert quant == "none" and steps == ()
+        return span.forward(history, None, start=start, end=end)
+
+    return run
 
 
 def test_an_honest_step_is_upheld_and_the_accuser_pays(span: BlockSpan) -> None:
     case = make_case(span)
     check_evidence(case.evidence, case.history, case.outputs, case.checked)
-    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4))
+    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4, "none", ()))
     ruling = rule(case.evidence, case.outputs, case.checked, reference, referee_dtype="float32")
     assert ruling.accused.matches and ruling.checker.matches
     assert ruling.guilty(case.evidence, "cd" * 32) == [("cd" * 32, "false_accusation")]
@@ -112,7 +118,7 @@ def test_an_honest_step_is_upheld_and_the_accuser_pays(span: BlockSpan) -> None:
 def test_a_corrupted_step_is_convicted(span: BlockSpan, magnitude: float) -> None:
     case = make_case(span, corrupt=magnitude)
     check_evidence(case.evidence, case.history, case.outputs, case.checked)
-    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4))
+    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4, "none", ()))
     ruling = rule(case.evidence, case.outputs, case.checked, reference, referee_dtype="float32")
     accused = case.accused.public_bytes.hex()
     assert ruling.guilty(case.evidence, "cd" * 32) == [(accused, "wrong_output")]
@@ -120,7 +126,7 @@ def test_a_corrupted_step_is_convicted(span: BlockSpan, magnitude: float) -> Non
 
 def test_a_lying_checker_is_convicted_instead(span: BlockSpan) -> None:
     case = make_case(span, checker_corrupt=0.05)
-    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4))
+    reference = reference_row(case.evidence, recompute(span)(case.history, 1, 4, "none", ()))
     ruling = rule(case.evidence, case.outputs, case.checked, reference, referee_dtype="float32")
     assert ruling.guilty(case.evidence, "cd" * 32) == [
         (case.checker.public_bytes.hex(), "wrong_output")

@@ -324,7 +324,8 @@ def test_inference_step_layout() -> None:
     payload = encode_message(msg)
     header = (
         b'{"fields":{"position":7,"session_id":"ab","step":1},'
-        b'"tensors":[{"dtype":"float32","name":"hidden","shape":[1,1,2]}],'
+        b'"tensors":[{"dtype":"float32","name":"hidden","shape":[1,1,2]},'
+        b'{"dtype":"float32","name":"scales","shape":[1,1,0]}],'
         b'"type":"InferenceStep"}'
     )
     assert payload == struct.pack(">I", len(header)) + header + struct.pack("<2f", 1.0, 1.0)
@@ -414,7 +415,7 @@ def test_valid_header_shuffled_keys_still_decode() -> None:
 def forward_header(**fields: Any) -> dict[str, Any]:
     return {
         "type": "Forward",
-        "fields": {"start": 0, "end": 2, **fields},
+        "fields": {"start": 0, "end": 2, "steps": [], "quant": "", **fields},
         "tensors": [{"name": "hidden", "dtype": "float32", "shape": [1, 1, 2]}],
     }
 
