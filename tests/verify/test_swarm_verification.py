@@ -28,6 +28,7 @@ from potluck.p2p.announce import account_of_peer
 from potluck.p2p.identity import Identity, load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_RPC
 from potluck.testing.swarm import LocalSwarm, NodeProcess
+from potluck.verify.audit import audit_ledger
 from potluck.wire import Dispute, ErrorReply, Forward, ForwardResult, Message
 
 pytestmark = pytest.mark.slow
@@ -311,3 +312,60 @@ def test_self_dealing_earns_no_more_than_verified_capacity(
         honest_full_use = gen.economy.mint_rate * cap * details["weight_milli"] // 10**6
         assert mint.body["amount"] <= honest_full_use
         assert details["capacity"] == cap
+
+
+def test_quantised_servers_are_checked_by_replay(tiny_model: Path, tmp_path: Path) -> None:
+    """Honest int8 and dynamic-int8 servers, over an int8-block session codec, are
+    never accused by checks that replay their steps in their own quantisation (the
+    float32 validator quantises a copy of its blocks); an nf4 server corrupting
+    outputs by only 1e-3, far inside any quantised-vs-float difference, is caught,
+    refereed by a replay, slashed, and the slash re-verifies from the ledger alone."""
+    genesis, key = make_genesis(tmp_path / "swarm", tiny_model, spot_check_rate=0.3)
+    with LocalSwarm(tmp_path / "nodes") as local:
+        nodes = start(
+            local,
+            genesis,
+            key,
+            tiny_model,
+            {"a": ("0:3", ["--quant", "int8"]), "b": ("3:6", ["--quant", "dynamic-int8"])},
+            validator=["--probe-interval", "3600"],
+        )
+        model = AutoDistributedModelForCausalLM.from_pretrained(
+            tiny_model, initial_peers=[nodes["boot"].addr], genesis=genesis, codec="int8-block"
+        )
+        try:
+            assert [h.server.quant for h in model.route()] == ["int8", "dynamic-int8"]
+            checker = model.spot_checker
+            assert checker is not None
+            seed = 0
+            while checker.stats.checked < 100 and seed < 20:
+                generate(model, 32, seed)
+                seed += 1
+            honest = checker.stats
+            assert honest.checked >= 100, honest
+            assert honest.unchecked == 0 and honest.mismatches == 0 and not honest.verdicts
+
+            nodes["b"].kill()
+            nodes["cheater"] = local.start_node(
+                "cheater",
+                model=str(tiny_model),
+                blocks="3:6",
+                extra=["--genesis", str(genesis), *FAST, "--quant", "nf4", "--cheat", "0.2:0.001"],
+            )
+            cheater = account_of_peer(nodes["cheater"].peer_id)
+            for seed in range(100, 110):  # P(no catch in 240 steps) = 0.94^240 < 1e-6
+                generate(model, 24, seed)
+                if checker.stats.verdicts:
+                    break
+            (verdict,) = checker.stats.verdicts
+            assert verdict.guilty == (cheater,), verdict
+        finally:
+            model.close()
+        wait_for(
+            lambda: cheater in read_ledger(nodes["boot"], genesis, Ledger.slashed),  # type: ignore[operator]
+            30,
+            "the slash to replicate",
+        )
+        audit = audit_ledger(nodes["boot"].data_dir, Genesis.load(genesis), model=str(tiny_model))
+        (slash,) = audit.slashes
+        assert slash.account == cheater and slash.ok, slash
