@@ -129,3 +129,20 @@ def test_blocks_and_num_blocks_are_exclusive() -> None:
         NodeConfig(model="m", num_blocks=0)
     with pytest.raises(ConfigError):
         NodeConfig(model="m", rebalance_margin=float("nan"))
+
+
+@pytest.mark.parametrize("quant", ["none", "int8", "nf4", "dynamic-int8"])
+def test_every_quantisation_is_a_config(quant: str) -> None:
+    assert NodeConfig(model="smollm2", quant=quant).quant == quant
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"quant": "int4"}, "--quant must be one of none, int8, nf4, dynamic-int8"),
+        ({"quant": "int8", "dtype": "bfloat16"}, "computes in float32"),
+    ],
+)
+def test_bad_quantisations_are_config_errors(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NodeConfig(model="smollm2", **fields)

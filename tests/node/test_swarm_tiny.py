@@ -17,8 +17,10 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from potluck.client import AutoDistributedModelForCausalLM, DistributedModelForCausalLM
 from potluck.client.runtime import ClientRuntime
 from potluck.model import BlockSpan
+from potluck.p2p.announce import account_of_peer
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
 from potluck.testing.swarm import LocalSwarm, NodeProcess
+from potluck.verify.commitment import Commitment, output_root, replay_chain, row_digests
 from potluck.wire import (
     MAGIC,
     CloseSession,
@@ -213,6 +215,17 @@ def test_bad_requests_get_typed_errors_while_a_healthy_session_completes(
                 replies["wrong_step"] = await stream.receive()
                 await stream.send(OpenSession("dd" * 8, 0, 6, 64))
                 replies["out_of_range"] = await stream.receive()
+                # a blockwise 8-bit session: codes need their scales, which must be sane
+                await stream.send(OpenSession("ee" * 8, 1, 5, 64, codec="int8-block/16"))
+                opened = await stream.receive()
+                assert isinstance(opened, SessionOpened) and opened.codec == "int8-block/16"
+                codes = torch.randint(-127, 128, (1, 2, 64), dtype=torch.int8)
+                await stream.send(InferenceStep("ee" * 8, 0, 0, codes, torch.ones(1, 2, 3)))
+                replies["wrong_scales"] = await stream.receive()
+                await stream.send(InferenceStep("ee" * 8, 0, 0, codes, -torch.ones(1, 2, 4)))
+                replies["negative_scales"] = await stream.receive()
+                await stream.send(InferenceStep("ee" * 8, 0, 0, torch.randn(1, 2, 64)))
+                replies["floats_in_int8_session"] = await stream.receive()
                 await stream.send(CloseSession("bb" * 8))
                 await stream.receive()
                 await stream.close()
@@ -220,6 +233,12 @@ def test_bad_requests_get_typed_errors_while_a_healthy_session_completes(
                     server.peer_id,
                     PROTOCOL_RPC,
                     Forward(0, 3, torch.randn(1, 2, 64)),
+                    addrs=server.addrs,
+                )
+                replies["forward_other_quant"] = await host.request(
+                    server.peer_id,
+                    PROTOCOL_RPC,
+                    Forward(1, 3, torch.randn(1, 2, 64), quant="nf4"),
                     addrs=server.addrs,
                 )
 
@@ -247,6 +266,10 @@ def test_bad_requests_get_typed_errors_while_a_healthy_session_completes(
         "wrong_step": "bad_message",
         "out_of_range": "bad_span",
         "forward_out_of_range": "bad_span",
+        "wrong_scales": "bad_tensor",
+        "negative_scales": "bad_tensor",
+        "floats_in_int8_session": "bad_tensor",
+        "forward_other_quant": "wrong_quant",
     }
     for case, code in expected_codes.items():
         reply = replies[case]
@@ -290,6 +313,47 @@ def test_stateless_forward_equals_local_blocks(
     assert isinstance(reply, ForwardResult)
     span = BlockSpan.load(tiny_model, 1, 5)
     assert torch.equal(reply.hidden, span.forward(hidden, start=2, end=4))
+
+
+def test_a_replaying_forward_equals_a_session_of_those_steps(
+    swarm: tuple[LocalSwarm, list[NodeProcess]], tiny_model: Path
+) -> None:
+    """`Forward.steps`: the server runs the history as those steps into a fresh cache,
+    and signs the input chain a session of those steps would have."""
+    _, servers = swarm
+    runtime = ClientRuntime()
+    hidden = torch.randn(1, 6, 64)
+    try:
+        info = runtime.run(_server_info, runtime, servers[1])
+
+        async def forward() -> object:
+            return await runtime.host.request(
+                info.peer_id, PROTOCOL_RPC, Forward(2, 4, hidden, (3, 1, 2)), addrs=info.addrs
+            )
+
+        reply = runtime.run(forward)
+    finally:
+        runtime.close()
+    assert isinstance(reply, ForwardResult) and reply.quant == "none"
+    span = BlockSpan.load(tiny_model, 1, 5)
+    cache = span.new_cache()
+    parts = [
+        span.forward(hidden[:, a:b], cache, start=2, end=4) for a, b in ((0, 3), (3, 4), (4, 6))
+    ]
+    assert torch.equal(reply.hidden, torch.cat(parts, dim=1))
+    commitment = Commitment(
+        swarm=reply.swarm,
+        session="",
+        step=0,
+        start=2,
+        end=4,
+        inputs=replay_chain(hidden, (3, 1, 2)),
+        outputs=output_root(row_digests(reply.hidden)),
+        dtype="float32",
+        server=account_of_peer(info.peer_id),
+        signature=reply.signature,
+    )
+    commitment.verify()
 
 
 def test_a_bfloat16_client_generates_through_float32_servers(

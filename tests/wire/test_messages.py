@@ -57,6 +57,7 @@ from potluck.wire import (
     SwarmView,
     TensorMeta,
     Verdict,
+    WireCodec,
     decode_message,
     encode_frame,
     encode_message,
@@ -702,3 +703,47 @@ def test_session_opened_names_a_known_priority_and_servers_few_attestations() ->
     assert info.attestations == (entry,)
     with pytest.raises(MessageError, match="attestations"):
         ServerInfo("p", (), "m", 0, 1, 1.0, 1, "v", 1.0, attestations=(entry,) * 5)
+
+
+# -- codecs, scales, quantisation and replays ------------------------------------------
+
+
+def test_compressed_steps_round_trip_with_their_scales() -> None:
+    encoded = WireCodec("int8-block", 16).encode(torch.randn(2, 3, 40))
+    step = InferenceStep("ab", 0, 0, encoded.hidden, encoded.scales)
+    back = decode_message(encode_message(step))
+    assert isinstance(back, InferenceStep) and back.scales is not None
+    assert torch.equal(back.hidden, encoded.hidden) and torch.equal(back.scales, encoded.scales)
+    result = StepResult("ab", 0, encoded.hidden, quant="nf4", codec="int8-block/16")
+    again = decode_message(encode_message(dataclasses.replace(result, scales=encoded.scales)))
+    assert isinstance(again, StepResult) and (again.quant, again.codec) == ("nf4", "int8-block/16")
+    plain = InferenceStep("ab", 0, 0, torch.ones(1, 2, 4))
+    assert plain.scales is not None and tuple(plain.scales.shape) == (1, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("build", "error"),
+    [
+        (lambda: OpenSession("ab", 0, 1, 8, codec="int8-block"), MessageError),  # not canonical
+        (lambda: OpenSession("ab", 0, 1, 8, codec="int4"), MessageError),
+        (lambda: SessionOpened("ab", 0, 1, 8, codec="int8-block/3"), MessageError),
+        (lambda: StepResult("ab", 0, torch.ones(1, 1, 4), quant="int4"), MessageError),
+        (lambda: StepResult("ab", 0, torch.ones(1, 1, 4), codec=""), MessageError),
+        (lambda: InferenceStep("ab", 0, 0, torch.ones(1, 2, 4), torch.ones(1, 1, 1)), TensorError),
+        (lambda: InferenceStep("ab", 0, 0, torch.ones(1, 2, 4), torch.ones(1, 2)), TensorError),
+        (
+            lambda: InferenceStep("ab", 0, 0, torch.ones(1, 2, 4), torch.ones(1, 2, 1).half()),
+            TensorError,
+        ),
+        (lambda: Forward(0, 1, torch.ones(1, 3, 4, dtype=torch.int8)), TensorError),
+        (lambda: Forward(0, 1, torch.ones(1, 3, 4), (1, 1)), MessageError),  # 2 of 3 tokens
+        (lambda: Forward(0, 1, torch.ones(1, 3, 4), (3, 0)), MessageError),
+        (lambda: Forward(0, 1, torch.ones(1, 3, 4), quant="fp8"), MessageError),
+        (lambda: ForwardResult(torch.ones(1, 1, 4), quant=""), MessageError),
+    ],
+)
+def test_bad_codecs_scales_quantisations_and_replays_are_typed_errors(
+    build: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        build()
