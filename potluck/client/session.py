@@ -70,6 +70,7 @@ from potluck.p2p.protocols import PROTOCOL_INFERENCE
 from potluck.verify.commitment import ZERO_CHAIN, chain_inputs, decoded_output
 from potluck.wire import (
     CloseSession,
+    EncodedHidden,
     ErrorReply,
     InferenceStep,
     Message,
@@ -116,6 +117,14 @@ class SessionOptions:
 TicketBuyer = Callable[[Hop, str, int, str], Awaitable[Entry | None]]
 
 
+def _concat(parts: Sequence[EncodedHidden]) -> EncodedHidden:
+    """Encoded steps of one session as one encoded sequence (codes and scales are
+    per token, so they concatenate along the sequence)."""
+    hidden = torch.cat([p.hidden for p in parts], dim=1)
+    scales = torch.cat([p.scales for p in parts], dim=1)
+    return EncodedHidden(parts[0].codec, hidden, scales)
+
+
 def _check_reply(reply: Message | None, expected: type[Message], peer: str) -> Message:
     if reply is None:
         raise NetworkError(f"server {peer} closed the session stream")
@@ -156,7 +165,8 @@ class HopSession:
         self.stream: FramedStream | None = None
         self.step = 0
         self.position = 0
-        self.history: list[torch.Tensor] = []  # inputs sent, for replay
+        self.history: list[torch.Tensor] = []  # inputs sent (decoded), for replay
+        self.sent: list[EncodedHidden] = []  # the same inputs as they travelled
         self.steps: list[int] = []  # tokens in each step
         self.chain = ZERO_CHAIN  # input chain of the steps so far (the server signs it)
         self.replies: list[Sample] = []  # replies kept for the spot-check (with a checker)
@@ -206,14 +216,25 @@ class HopSession:
         if self.ticket is not None and reply.priority == "normal":
             log.warning("%s did not honour the ticket: %s", server.peer_id, reply.note)
 
-    async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: (batch, seq, hidden) -> the hop's output, same shape."""
-        return await self._guard(lambda: self._forward(hidden))
+    async def forward(
+        self, hidden: torch.Tensor, encoded: EncodedHidden | None = None
+    ) -> torch.Tensor:
+        """hidden: (batch, seq, hidden) -> the hop's output, same shape. `encoded`:
+        the input already in the session's codec (a replay sends what travelled
+        before, as re-encoding blockwise 8-bit values may change them)."""
+        if encoded is None:
+            try:
+                encoded = self.codec.encode(hidden.to(WIRE_DTYPE))
+            except TensorError as exc:  # our own input: not the server's fault
+                raise ConfigError(
+                    f"hidden states cannot travel as {self.codec.label}: {exc}"
+                ) from None
+        assert encoded.codec == self.codec
+        return await self._guard(lambda: self._forward(encoded))
 
-    async def _forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    async def _forward(self, encoded: EncodedHidden) -> torch.Tensor:
         if self.stream is None:
             raise NetworkError("session is not open")
-        encoded = self.codec.encode(hidden.to(WIRE_DTYPE))
         hidden = encoded.decode()  # (batch, seq, hidden): what the server computes on
         await self.stream.send(
             InferenceStep(self.session_id, self.step, self.position, encoded.hidden, encoded.scales)
@@ -245,6 +266,7 @@ class HopSession:
         self.swarm = reply.swarm or ZERO_CHAIN
         self.chain = chain
         self.history.append(hidden)
+        self.sent.append(encoded)
         self.steps.append(hidden.shape[1])
         self.step += 1
         self.position += hidden.shape[1]
@@ -383,10 +405,12 @@ class InferenceSession:
             except _HOP_FAILURES as exc:  # e.g. a server refusing for lack of cache
                 i += await self._replace(i, exc)
 
-    async def _forward(self, hop: HopSession, hidden: torch.Tensor) -> torch.Tensor:
+    async def _forward(
+        self, hop: HopSession, hidden: torch.Tensor, encoded: EncodedHidden | None = None
+    ) -> torch.Tensor:
         try:
             with trio.fail_after(self.policy.step_timeout):
-                return await hop.forward(hidden)
+                return await hop.forward(hidden, encoded)
         except trio.TooSlowError:
             raise PeerTimeout(
                 f"server {hop.hop.peer_id} took over {self.policy.step_timeout:.0f} s for a step"
@@ -428,6 +452,7 @@ class InferenceSession:
         await failed.abandon()
         self._give_up_on(failed.hop.peer_id, exc)
         history = torch.cat(failed.history, dim=1) if failed.history else None
+        sent = _concat(failed.sent) if failed.sent else None  # history, as it travelled
         last: BaseException = exc
         while True:
             try:  # the known, unbanned servers first; ask the swarm only if they don't cover
@@ -452,11 +477,12 @@ class InferenceSession:
                 raise type(none)(f"{none}; the last server failure: {last}") from last
             fresh = [self._hop_session(hop) for hop in route]
             try:
-                replay = history
+                replay, encoded = history, sent
                 for hop in fresh:
                     await hop.open(self.runtime.host)
                     if replay is not None:
-                        replay = await self._forward(hop, replay)
+                        replay = await self._forward(hop, replay, encoded)
+                        encoded = None  # later hops get a new transfer, encoded afresh
             except _HOP_FAILURES as again:
                 last = again
                 bad = next((h for h in fresh if h.failed), fresh[-1])

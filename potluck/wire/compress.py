@@ -1,10 +1,10 @@
 """Hidden states on the wire: float32, float16, bfloat16 or blockwise 8-bit.
 
 A session's **codec** (`WireCodec`) says how the hidden states of its steps
-travel. The tensors do not carry it: both sides must already know it (it is
-meant to be negotiated when a session opens and recorded in its
-commitments; `WireCodec.label` is its text form, one of ``float32``,
-``float16``, ``bfloat16`` and ``int8-block/<B>``). Encoding hidden states of
+travel. The tensors do not carry it: both sides already know it (the client
+proposes it in `OpenSession.codec`, the server echoes it, and every
+commitment of the session records it; `WireCodec.label` is its text form,
+one of ``float32``, ``float16``, ``bfloat16`` and ``int8-block/<B>``). Encoding hidden states of
 shape ``(batch, seq, h)`` gives two tensors, meant to travel as two tensor
 fields of a message, their bytes as in `potluck.wire.tensors`::
 

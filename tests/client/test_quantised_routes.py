@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from potluck.client import AutoDistributedModelForCausalLM
-from potluck.model import BlockSpan, ClientHead
+from potluck.testing.pipeline import local_pipeline
 from potluck.testing.swarm import LocalSwarm, NodeProcess
 from potluck.wire import WireCodec
 
@@ -49,26 +49,6 @@ def requests(node: NodeProcess) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def local_mixed(path: Path, ids: torch.Tensor, tokens: int, codec: WireCodec) -> torch.Tensor:
-    """Greedy tokens of float32 blocks 0:15 then int8 blocks 15:30, in this process,
-    with every hidden state encoded and decoded as it would travel (client to
-    server and back, for each hop), a prefill then one token per step."""
-    head = ClientHead.load(path)
-    spans = [BlockSpan.load(path, 0, 15), BlockSpan.load(path, 15, 30, quant="int8")]
-    caches = [span.new_cache() for span in spans]
-    out, current = ids, ids
-    for _ in range(tokens):
-        hidden = head.embed(current).float()  # (1, new, hidden)
-        for span, cache in zip(spans, caches, strict=True):
-            hidden = codec.encode(hidden).decode()  # client -> server
-            hidden = codec.encode(span.forward(hidden, cache).float()).decode()  # and back
-        current = head.logits(hidden)[:, -1:].argmax(-1)  # (1, 1)
-        out = torch.cat([out, current], dim=1)
-        if int(current) == 2:  # SmolLM2's end of text: generate() stops there too
-            break
-    return out
-
-
 def test_a_mixed_route_and_a_client_that_refuses_quantised_servers(
     smollm2_path: Path, tmp_path: Path, one_thread: None
 ) -> None:
@@ -78,7 +58,8 @@ def test_a_mixed_route_and_a_client_that_refuses_quantised_servers(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )["input_ids"]
     codec = WireCodec.parse("int8-block")
-    expected_mixed = local_mixed(smollm2_path, ids, TOKENS, codec)
+    hops = [(0, 15, "none"), (15, 30, "int8")]
+    expected_mixed = local_pipeline(smollm2_path, hops, codec, ids, TOKENS, eos=2)
     local = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     expected_float = local.generate(ids, max_new_tokens=TOKENS, do_sample=False)
 

@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from potluck.client import AutoDistributedModelForCausalLM, DistributedModelForCausalLM
 from potluck.testing.models import make_tiny_llama
+from potluck.testing.pipeline import local_pipeline
 from potluck.testing.swarm import LocalSwarm, NodeProcess
+from potluck.wire import WireCodec
 
 pytestmark = pytest.mark.slow
 
@@ -67,12 +69,14 @@ class KillAt:
         self.swarm, self.model, self.at, self.sig = swarm, model, at, sig
         self.seen = -1  # the first put() is the prompt
         self.victim: NodeProcess | None = None
+        self.route: list[tuple[int, int]] = []  # the hops' blocks when it struck
 
     def put(self, value: torch.Tensor) -> None:
         self.seen += 1
         if self.seen == self.at and self.victim is None:
             session = self.model.current_session
             assert session is not None
+            self.route = [(h.start, h.end) for h in session.route]
             hop = next(h for h in session.route if h.start <= 4 < h.end)
             self.victim = _node(self.swarm, hop.peer_id)
             self.victim.kill(self.sig)
@@ -211,3 +215,52 @@ def test_a_server_without_cache_room_refuses_with_a_typed_error_and_is_routed_ar
             model.close()
     assert out.shape == (1, PROMPT.shape[1] + 8)
     assert "cache full" in tight.log_tail(200)  # the typed refusal, as the server logged it
+
+
+class KillAndWatch(KillAt):
+    """KillAt that also keeps what the victim's hop had received, and what its
+    replacement received as the replay."""
+
+    before: torch.Tensor | None = None
+    replayed: torch.Tensor | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        session = self.model.current_session
+        assert session is not None
+        hop = next(h for h in session.hops if h.hop.start <= 4 < h.hop.end)
+        if self.victim is not None and self.replayed is None and hop.history:
+            self.replayed = hop.history[0]
+        super().put(value)
+        if self.victim is not None and self.before is None:
+            self.before = torch.cat(hop.history, dim=1)
+
+
+def test_a_compressed_session_survives_a_kill_with_the_same_tokens(
+    swarm: LocalSwarm, model8: Path
+) -> None:
+    """Under blockwise 8-bit, the replacement gets the failed hop's inputs exactly as
+    they travelled (re-encoding decoded 8-bit values would change them), so the
+    tokens are those of the same route undisturbed: the local pipeline's."""
+    model = _client(swarm, model8)
+    model.codec = WireCodec.parse("int8-block/16")
+    try:
+        streamer = KillAndWatch(swarm, model, 23)
+        got = model.generate(
+            PROMPT,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            streamer=streamer,
+        )
+        failovers = model.last_session_failovers
+    finally:
+        model.close()
+    victim = streamer.victim
+    assert victim is not None and not victim.alive() and failovers == 1
+    swarm.start_node(victim.name, model=str(model8), blocks=SPANS[victim.name], extra=FAST)
+    assert streamer.before is not None and streamer.replayed is not None
+    assert torch.equal(streamer.replayed, streamer.before)
+    hops = [(start, end, "none") for start, end in streamer.route]
+    codec = WireCodec.parse("int8-block/16")
+    expected = local_pipeline(model8, hops, codec, PROMPT, NEW_TOKENS, eos=2, min_tokens=NEW_TOKENS)
+    assert torch.equal(got, expected)
