@@ -324,3 +324,20 @@ def test_a_1e1_corruption_of_a_float32_server_is_caught_under_any_codec(codec: s
         cheated = received(codec, additive(out, 0.1, seed))
         verdict = compare(cheated, out, "float32", codec=codec)
         assert verdict.rows_over == verdict.rows, (seed, verdict)
+
+
+@pytest.mark.parametrize(
+    ("codec", "magnitude"),
+    [("float16", 1e-3), ("bfloat16", 3e-3), ("int8-block/64", 3e-3), ("int8-block/16", 3e-3)],
+)
+def test_the_smallest_corruption_a_codec_lets_a_float32_check_catch(
+    codec: str, magnitude: float
+) -> None:
+    """docs/verification.md: against a float32 checker, a compressed session still
+    catches additive corruptions from these sizes up (hidden states with outliers,
+    576 wide as SmolLM2's)."""
+    out = hidden_like(width=576)
+    for seed in range(5):
+        cheated = received(codec, additive(out, magnitude, seed))
+        verdict = compare(cheated, out, "float32", codec=codec)
+        assert verdict.rows_over == verdict.rows, (seed, verdict)
