@@ -6,6 +6,11 @@ order and returns the last hop's output. The client keeps every input it
 sent to each hop (`HopSession.history`), so that a replacement server can be
 given the whole history as one prefill.
 
+Between hops the client relays each output exactly as it travelled (the
+codes and scales it received, not a re-encoding of their decoded values:
+re-encoding blockwise 8-bit values can change them), so every hand-off is
+rounded once, by its sender.
+
 When a hop fails, the session replaces it (see `InferenceSession`). The
 async classes run on the client's trio thread; `InferenceSession` is the
 synchronous face used by generation code.
@@ -167,6 +172,8 @@ class HopSession:
         self.position = 0
         self.history: list[torch.Tensor] = []  # inputs sent (decoded), for replay
         self.sent: list[EncodedHidden] = []  # the same inputs as they travelled
+        #: The last output as it travelled: relayed as is to the next hop.
+        self.received: EncodedHidden | None = None
         self.steps: list[int] = []  # tokens in each step
         self.chain = ZERO_CHAIN  # input chain of the steps so far (the server signs it)
         self.replies: list[Sample] = []  # replies kept for the spot-check (with a checker)
@@ -249,6 +256,8 @@ class HopSession:
         if reply.codec != self.codec.label:
             raise MessageError(f"server {self.hop.peer_id} answered in {reply.codec}")
         output = decoded_output(reply)  # (batch, seq, hidden) float32
+        assert reply.scales is not None  # a valid encoding: it just decoded
+        received = EncodedHidden(self.codec, reply.hidden, reply.scales)
         chain = chain_inputs(self.chain, hidden)
         verify_step(
             reply,
@@ -265,6 +274,7 @@ class HopSession:
             self.checker.sample(self, reply, output)
         self.swarm = reply.swarm or ZERO_CHAIN
         self.chain = chain
+        self.received = received
         self.history.append(hidden)
         self.sent.append(encoded)
         self.steps.append(hidden.shape[1])
@@ -418,14 +428,15 @@ class InferenceSession:
 
     async def _step(self, hidden: torch.Tensor) -> torch.Tensor:
         self._budget = self.policy.max_failovers
+        encoded: EncodedHidden | None = None  # a hop's output goes on as it travelled
         i = 0
         while i < len(self.hops):
             try:
-                out = await self._forward(self.hops[i], hidden)
+                out = await self._forward(self.hops[i], hidden, encoded)
             except _HOP_FAILURES as exc:
                 await self._replace(i, exc)
                 continue  # the same input, now to the first replacement
-            hidden = out
+            hidden, encoded = out, self.hops[i].received
             i += 1
         return hidden
 
@@ -482,7 +493,7 @@ class InferenceSession:
                     await hop.open(self.runtime.host)
                     if replay is not None:
                         replay = await self._forward(hop, replay, encoded)
-                        encoded = None  # later hops get a new transfer, encoded afresh
+                        encoded = hop.received  # relayed to the next new hop as it came
             except _HOP_FAILURES as again:
                 last = again
                 bad = next((h for h in fresh if h.failed), fresh[-1])

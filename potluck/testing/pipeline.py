@@ -2,9 +2,10 @@
 
 `local_pipeline` runs what a client and its servers compute, without any
 network: the client's embeddings, then for each hop its blocks (quantised as
-that server's `--quant` says) with every transfer encoded and decoded under
-the session's codec (client to server and back), a prefill and then one
-token per step, then the LM head. With the servers' thread count, a real
+that server's `--quant` says), every hand-off (the embeddings, each hop's
+output) encoded and decoded once under the session's codec, as its sender
+encodes it and the client relays it, a prefill and then one token per step,
+then the LM head. With the servers' thread count, a real
 route must give exactly these tokens: tests compare the two.
 """
 
@@ -39,10 +40,10 @@ def local_pipeline(
     caches = [span.new_cache() for span in spans]
     out, current = ids, ids
     for made in range(tokens):
-        hidden = head.embed(current).float()  # (1, new, hidden)
+        hidden = codec.encode(head.embed(current).float()).decode()  # (1, new, hidden)
         for span, cache in zip(spans, caches, strict=True):
-            hidden = codec.encode(hidden).decode()  # client -> server
-            hidden = codec.encode(span.forward(hidden, cache).float()).decode()  # and back
+            # each output travels once: the client relays it to the next hop as it came
+            hidden = codec.encode(span.forward(hidden, cache).float()).decode()
         logits = head.logits(hidden)[:, -1:].clone()  # (1, 1, vocab)
         if eos is not None and made < min_tokens:
             logits[..., eos] = -torch.inf
