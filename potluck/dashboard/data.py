@@ -116,6 +116,7 @@ class ServerRow:
     bandwidth: float
     validator: bool
     dtype: str
+    quant: str  # how its weights are quantised ("none", "int8", "nf4", "dynamic-int8")
     version: str
     attested: bool
     reputation: float | None
@@ -216,6 +217,7 @@ def swarm_health(
                 bandwidth=info.bandwidth,
                 validator=info.validator,
                 dtype=info.dtype,
+                quant=info.quant,
                 version=info.version,
                 attested=bool(info.attestations),
                 reputation=(reputations or {}).get(account),

@@ -219,7 +219,7 @@ def swarm_content(health: SwarmHealth, status: Status) -> str:
                 f"{s.bandwidth / 2**20:.1f}" if s.bandwidth else "–",
                 rep(s.reputation),
                 escape(duration(s.uptime_seconds)),
-                escape(s.dtype),
+                escape(s.dtype if s.quant == "none" else f"{s.dtype}, {s.quant}"),
             ]
         )
     excluded = (
@@ -251,7 +251,7 @@ def swarm_content(health: SwarmHealth, status: Status) -> str:
                 "MiB/s",
                 "reputation",
                 "uptime",
-                "dtype",
+                "dtype, weights",
             ],
             rows,
             numeric=(3, 4, 5, 6, 7),

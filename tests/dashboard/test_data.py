@@ -21,7 +21,9 @@ from potluck.p2p.identity import Identity
 from potluck.wire import ServerInfo
 
 
-def announce(start: int, end: int, *, tps: float = 10.0, validator: bool = False) -> ServerInfo:
+def announce(
+    start: int, end: int, *, tps: float = 10.0, validator: bool = False, quant: str = "none"
+) -> ServerInfo:
     return ServerInfo(
         peer_id=Identity.generate().peer_id,
         addrs=(),
@@ -33,6 +35,7 @@ def announce(start: int, end: int, *, tps: float = 10.0, validator: bool = False
         version="0.1.0",
         expires_at=1000.0,
         validator=validator,
+        quant=quant,
     )
 
 
@@ -45,6 +48,12 @@ def test_coverage_adds_route_servers_per_block() -> None:
     assert not health.covered and health.weakest_block == 6
     assert all(row.expires_in == 10.0 for row in health.servers)
     assert [row.validator for row in health.servers] == [False, False, True]
+
+
+def test_a_servers_quantisation_is_listed() -> None:
+    servers = [announce(0, 3), announce(3, 6, quant="nf4")]
+    health = swarm_health(servers, now=0.0, since={}, num_blocks=6)
+    assert [row.quant for row in health.servers] == ["none", "nf4"]
 
 
 def test_a_swarm_is_covered_when_every_block_has_a_server() -> None:
