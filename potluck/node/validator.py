@@ -48,6 +48,7 @@ import torch
 import trio
 
 from potluck.errors import (
+    BadCommitment,
     InvalidEvidence,
     LedgerError,
     NetworkError,
@@ -404,6 +405,10 @@ class Validator:
                     chain = chain_inputs(chain, hidden)
                     steps.append(n)
                     history.append(hidden)
+                    if reply.quant != target.quant:  # the comparison is for its announced mode
+                        raise BadCommitment(
+                            f"{target.peer_id} announced {target.quant} weights, used {reply.quant}"
+                        )
                     output = decoded_output(reply)
                     accused = step_commitment(
                         reply,
