@@ -11,6 +11,7 @@
     │   │   └── FrameTooLarge        a frame over the configured maximum size
     │   ├── MessageError             a frame whose payload is not a valid message
     │   └── TensorError              a tensor with a bad dtype, shape or byte count
+    │       └── CodecRangeError      hidden states too large for the session's float16/bfloat16
     ├── InvalidSignature             a signature that does not verify (ForgedEntry too)
     ├── NetworkError                 a peer that cannot be reached or went away
     │   └── PeerTimeout              a peer that did not answer in time
@@ -19,6 +20,7 @@
     │   ├── UnknownSession           the peer has no such inference session
     │   ├── SessionLimitExceeded     the peer refused a session (cache budget, per-peer cap)
     │   ├── RemoteSpanError          the peer does not serve the requested blocks
+    │   ├── RemoteCodecRange         the peer's output is too large for the session's codec
     │   └── TicketError              a ticket the server refuses (nothing is written)
     │       ├── TicketUsed           a ticket already redeemed (or being redeemed)
     │       ├── TicketExpired        a ticket past its expiry
@@ -112,6 +114,13 @@ class TensorError(WireError):
     code = "bad_tensor"
 
 
+class CodecRangeError(TensorError):
+    """Finite hidden states beyond what the session's codec can carry (float16 or
+    bfloat16 overflow): the codec's fault, not the sender's."""
+
+    code = "codec_range"
+
+
 class InvalidSignature(PotluckError):
     """A signature that does not verify against the key it claims."""
 
@@ -159,6 +168,13 @@ class RemoteSpanError(RemoteError):
     """The peer does not serve the requested blocks."""
 
     code = "bad_span"
+
+
+class RemoteCodecRange(RemoteError):
+    """The peer computed an output too large for the session's codec: any honest
+    server would, so the client does not replace it (choose another codec)."""
+
+    code = "codec_range"
 
 
 class TicketError(RemoteError):
@@ -354,6 +370,7 @@ _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "session_limit": SessionLimitExceeded,
     "bad_span": RemoteSpanError,
     "wrong_quant": RemoteSpanError,
+    "codec_range": RemoteCodecRange,
     **{
         cls.code: cls
         for cls in (

@@ -162,3 +162,14 @@ def test_python_m_potluck_reports_bad_blocks_without_a_traceback(tmp_path: Path)
     assert "blocks" in lines[0]
     assert done.stdout == ""
     assert list(tmp_path.iterdir()) == []  # refused before touching the data dir
+
+
+def test_generate_refuses_an_unknown_codec_or_quantisation_before_joining(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+    args = ["generate", "hi", "--initial-peers", peer]
+    assert run_main(monkeypatch, *args, "--codec", "int9") == 2
+    assert "codec" in capsys.readouterr().err
+    assert run_main(monkeypatch, *args, "--quant", "int4") == 2
+    assert "quant must be one of none, int8, nf4, dynamic-int8" in capsys.readouterr().err

@@ -62,6 +62,7 @@ from potluck.errors import (
     NoTrustedRouteError,
     PeerTimeout,
     PotluckError,
+    RemoteCodecRange,
     RemoteError,
     TensorError,
     remote_error,
@@ -433,6 +434,8 @@ class InferenceSession:
         while i < len(self.hops):
             try:
                 out = await self._forward(self.hops[i], hidden, encoded)
+            except RemoteCodecRange:
+                raise  # any server's output would be too large for the codec: not its fault
             except _HOP_FAILURES as exc:
                 await self._replace(i, exc)
                 continue  # the same input, now to the first replacement
@@ -494,6 +497,8 @@ class InferenceSession:
                     if replay is not None:
                         replay = await self._forward(hop, replay, encoded)
                         encoded = hop.received  # relayed to the next new hop as it came
+            except RemoteCodecRange:
+                raise
             except _HOP_FAILURES as again:
                 last = again
                 bad = next((h for h in fresh if h.failed), fresh[-1])

@@ -57,15 +57,16 @@ gives each element's bound from what was received.
 
 **Validation.** Encoding takes a ``(batch, seq, h)`` float32, float16 or
 bfloat16 tensor, every size at least 1, and raises `TensorError` for NaN or
-infinity anywhere (every codec), and, for float16 and bfloat16, for any
-magnitude above the dtype's largest finite value (65504 and about
-3.3895e38) instead of letting it become infinite. Decoding untrusted
-tensors (`WireCodec.decode`, `EncodedHidden`) raises `TensorError` unless
-`hidden` has the codec's dtype and a ``(batch, seq, h)`` shape with every
-size at least 1, `scales` is float32 of shape ``(batch, seq, n)`` as above,
-no code is -128, every scale is +0.0 or a positive float32 no larger than
-`MAX_SCALE` (the scale of a block holding FLT_MAX), and float hidden states
-are finite. Anything that passes decodes to a finite float32 tensor.
+infinity anywhere (every codec), and, for float16 and bfloat16,
+`CodecRangeError` (a `TensorError`) for any magnitude above the dtype's
+largest finite value (65504 and about 3.3895e38) instead of letting it
+become infinite. Decoding untrusted tensors (`WireCodec.decode`,
+`EncodedHidden`) raises `TensorError` unless `hidden` has the codec's dtype
+and a ``(batch, seq, h)`` shape with every size at least 1, `scales` is
+float32 of shape ``(batch, seq, n)`` as above, no code is -128, every
+scale is +0.0 or a positive float32 no larger than `MAX_SCALE` (the scale
+of a block holding FLT_MAX), and float hidden states are finite. Anything
+that passes decodes to a finite float32 tensor.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ from dataclasses import dataclass
 
 import torch
 
-from potluck.errors import MessageError, TensorError
+from potluck.errors import CodecRangeError, MessageError, TensorError
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -198,7 +199,7 @@ class WireCodec:
         wire = self.wire_dtype
         limit = torch.finfo(wire).max
         if peak > limit:
-            raise TensorError(
+            raise CodecRangeError(
                 f"hidden states of magnitude up to {peak:.6g} overflow {self.name} "
                 f"(largest {limit:.6g})"
             )

@@ -6,6 +6,7 @@ Everything here crosses py-libp2p between separate processes on 127.0.0.1.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 from potluck.client import AutoDistributedModelForCausalLM, DistributedModelForCausalLM
 from potluck.client.runtime import ClientRuntime
+from potluck.errors import RemoteCodecRange
 from potluck.model import BlockSpan
 from potluck.p2p.announce import account_of_peer
 from potluck.p2p.protocols import PROTOCOL_INFERENCE, PROTOCOL_RPC
+from potluck.testing.models import make_tiny_llama
 from potluck.testing.swarm import LocalSwarm, NodeProcess
 from potluck.verify.commitment import Commitment, output_root, replay_chain, row_digests
 from potluck.wire import (
@@ -33,6 +36,7 @@ from potluck.wire import (
     ServerInfo,
     SessionOpened,
     StepResult,
+    WireCodec,
 )
 
 pytestmark = pytest.mark.slow
@@ -385,3 +389,33 @@ def test_servers_announce_measured_throughput_bandwidth_and_load(
         assert info.load >= 0
     throughput_file = servers[0].data_dir / "throughput.json"
     assert throughput_file.exists()  # cached per model, dtype and machine
+
+
+def test_an_output_too_large_for_float16_is_the_codecs_fault_not_the_servers(
+    tmp_path: Path,
+) -> None:
+    """A block whose output exceeds float16's range: the server answers `codec_range`,
+    the client raises `RemoteCodecRange` without banning or replacing anyone, and the
+    same server then serves a float32 session."""
+    path = make_tiny_llama(tmp_path / "loud", num_layers=2, seed=3, initializer_range=0.5)
+    loud = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    with torch.no_grad():
+        loud.model.layers[0].mlp.down_proj.weight.mul_(2000.0)  # outputs ~1e5, inputs ~1e2
+    loud.save_pretrained(str(path))
+    prompt = torch.tensor([[1, 33, 7, 250, 91, 4]])
+    with LocalSwarm(tmp_path / "nodes") as local:
+        local.start_node("boot")
+        server = local.start_node("s", model=str(path), blocks="0:2")
+        model = AutoDistributedModelForCausalLM.from_pretrained(
+            path, initial_peers=local.bootstrap_addrs, codec="float16", route_timeout=20
+        )
+        try:
+            with pytest.raises(RemoteCodecRange, match="overflow float16"):
+                model.generate(prompt, max_new_tokens=4, do_sample=False)
+            assert not model.swarm.banlist.is_banned(server.peer_id, time.time())
+            model.codec = WireCodec("float32")
+            out = model.generate(prompt, max_new_tokens=4, do_sample=False)
+        finally:
+            model.close()
+        expected = loud.generate(prompt, max_new_tokens=4, do_sample=False)
+        assert torch.equal(out, expected) and server.alive()
