@@ -49,7 +49,7 @@ from potluck.model import (
     resolve_model,
 )
 from potluck.p2p.identity import Identity
-from potluck.wire import WireCodec, wire_bytes
+from potluck.wire import FLOAT32_CODEC, WireCodec, wire_bytes
 
 
 class RemoteCache(Cache):  # type: ignore[misc]
@@ -109,7 +109,7 @@ class DistributedModelForCausalLM(PreTrainedModel, GenerationMixin):  # type: ig
     ) -> None:
         super().__init__(config)
         #: How hidden states travel in new sessions (`potluck.wire.WireCodec`).
-        self.codec = codec or WireCodec("float32")
+        self.codec = codec or FLOAT32_CODEC
         #: Which servers a `route="trusted"` session may use.
         self.trust = trust or TrustPolicy()
         self._wallet = wallet

@@ -75,6 +75,7 @@ from potluck.p2p.identity import Identity
 from potluck.p2p.protocols import PROTOCOL_INFERENCE
 from potluck.verify.commitment import ZERO_CHAIN, chain_inputs, decoded_output
 from potluck.wire import (
+    FLOAT32_CODEC,
     CloseSession,
     EncodedHidden,
     ErrorReply,
@@ -89,7 +90,6 @@ from potluck.wire import (
 log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
-FLOAT32 = WireCodec("float32")
 T = TypeVar("T")
 
 PRIORITY_CHOICES = ("normal", "high")
@@ -156,7 +156,7 @@ class HopSession:
         trust: TrustPolicy | None = None,
         buyer: TicketBuyer | None = None,
         ticket_class: str | None = None,
-        codec: WireCodec = FLOAT32,
+        codec: WireCodec = FLOAT32_CODEC,
     ) -> None:
         self.hop = hop
         self.codec = codec
@@ -354,7 +354,7 @@ class InferenceSession:
         options: SessionOptions | None = None,
         trust: TrustPolicy | None = None,
         buyer: TicketBuyer | None = None,
-        codec: WireCodec = FLOAT32,
+        codec: WireCodec = FLOAT32_CODEC,
     ) -> None:
         self.runtime = runtime
         #: How hidden states travel to and from every hop (`potluck.wire.compress`).

@@ -96,6 +96,7 @@ from potluck.verify.commitment import (
     row_digests,
 )
 from potluck.wire import (
+    FLOAT32_CODEC,
     MAX_ATTESTATIONS,
     MAX_ECHO_ELEMENTS,
     MAX_SERVERS,
@@ -123,7 +124,6 @@ from potluck.wire import (
 log = logging.getLogger(__name__)
 
 WIRE_DTYPE = torch.float32
-FLOAT32 = WireCodec("float32")
 THROUGHPUT_FILE = "throughput.json"
 #: Closed sessions whose ticket refunds may wait to be written.
 MAX_QUEUED_SETTLEMENTS = 1000
@@ -432,7 +432,7 @@ class Server:
         step: int = 0,
         inputs: str = ZERO_CHAIN,
         priority: str = "normal",
-        codec: WireCodec = FLOAT32,
+        codec: WireCodec = FLOAT32_CODEC,
         steps: tuple[int, ...] = (),
     ) -> tuple[EncodedHidden, str]:
         """The output of blocks [start, end), encoded with `codec`, and the signature

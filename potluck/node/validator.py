@@ -51,8 +51,10 @@ from potluck.errors import (
     BadCommitment,
     InvalidEvidence,
     LedgerError,
+    ModelError,
     NetworkError,
     PotluckError,
+    QuantMismatch,
     VerificationError,
     remote_error,
 )
@@ -188,7 +190,10 @@ class Validator:
                 load = functools.partial(
                     BlockSpan.load, model.path, span.start, span.end, quant=quant
                 )
-                known = self._quantised[quant] = await trio.to_thread.run_sync(load)
+                try:
+                    known = self._quantised[quant] = await trio.to_thread.run_sync(load)
+                except ModelError as exc:  # e.g. bitsandbytes cannot run here: say so
+                    raise QuantMismatch(f"this validator cannot compute in {quant}: {exc}") from exc
                 log.info("loaded blocks %d:%d in %s to check servers", span.start, span.end, quant)
             return known
 

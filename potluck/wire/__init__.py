@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from potluck.wire.compress import (
     DEFAULT_BLOCK_SIZE,
+    FLOAT32_CODEC,
     INT8_ERROR_FACTOR,
     MAX_BLOCK_SIZE,
     MAX_SCALE,
@@ -86,6 +87,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_MAX_FRAME",
     "DTYPES",
+    "FLOAT32_CODEC",
     "HEADER_SIZE",
     "INT8_ERROR_FACTOR",
     "MAGIC",

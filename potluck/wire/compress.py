@@ -81,6 +81,7 @@ from potluck.errors import CodecRangeError, MessageError, TensorError
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
+    "FLOAT32_CODEC",
     "INT8_ERROR_FACTOR",
     "MAX_BLOCK_SIZE",
     "MAX_SCALE",
@@ -229,6 +230,10 @@ class WireCodec:
 
         `TensorError` unless they are a valid encoding (see the module docstring)."""
         return EncodedHidden(self, hidden, scales).decode()
+
+
+FLOAT32_CODEC = WireCodec("float32")
+"""The default codec: hidden states travel as they are computed."""
 
 
 def _ceil_scales(absmax: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,24 @@ def _client(swarm: LocalSwarm, model8: Path) -> DistributedModelForCausalLM:
     )
 
 
+def generate_through(
+    model: DistributedModelForCausalLM, streamer: KillAt
+) -> tuple[torch.Tensor, int]:
+    """NEW_TOKENS greedy tokens with `streamer` killing a server on the way; the tokens
+    and how many failovers the session made. Closes the model."""
+    try:
+        got = model.generate(
+            PROMPT,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            streamer=streamer,
+        )
+        return got, model.last_session_failovers
+    finally:
+        model.close()
+
+
 class KillAt:
     """A streamer that SIGKILLs the server holding block 4 when token `at` is out."""
 
@@ -96,18 +114,8 @@ def test_generation_survives_a_sigkilled_middle_server_at_five_different_steps(
 
     for at in (1, 9, 23, 40, 58):
         model = _client(swarm, model8)
-        try:
-            streamer = KillAt(swarm, model, at)
-            got = model.generate(
-                PROMPT,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                streamer=streamer,
-            )
-            failovers = model.last_session_failovers
-        finally:
-            model.close()
+        streamer = KillAt(swarm, model, at)
+        got, failovers = generate_through(model, streamer)
         victim = streamer.victim
         assert victim is not None and not victim.alive(), f"nobody was killed at step {at}"
         assert torch.equal(got, expected), f"tokens differ after a kill at step {at}"
@@ -243,18 +251,8 @@ def test_a_compressed_session_survives_a_kill_with_the_same_tokens(
     tokens are those of the same route undisturbed: the local pipeline's."""
     model = _client(swarm, model8)
     model.codec = WireCodec.parse("int8-block/16")
-    try:
-        streamer = KillAndWatch(swarm, model, 23)
-        got = model.generate(
-            PROMPT,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            streamer=streamer,
-        )
-        failovers = model.last_session_failovers
-    finally:
-        model.close()
+    streamer = KillAndWatch(swarm, model, 23)
+    got, failovers = generate_through(model, streamer)
     victim = streamer.victim
     assert victim is not None and not victim.alive() and failovers == 1
     swarm.start_node(victim.name, model=str(model8), blocks=SPANS[victim.name], extra=FAST)

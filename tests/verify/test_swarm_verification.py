@@ -29,7 +29,7 @@ from potluck.p2p.identity import Identity, load_or_create_identity
 from potluck.p2p.protocols import PROTOCOL_RPC
 from potluck.testing.swarm import LocalSwarm, NodeProcess
 from potluck.verify.audit import audit_ledger
-from potluck.wire import Dispute, ErrorReply, Forward, ForwardResult, Message
+from potluck.wire import Dispute, ErrorReply, Forward, ForwardResult, Message, Verdict
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_slashed(node: NodeProcess, genesis: Path, account: str, timeout: float, what: str) -> None:
+    """Wait until `node`'s ledger replica shows `account` slashed."""
+    wait_for(
+        lambda: account in read_ledger(node, genesis, Ledger.slashed),  # type: ignore[operator]
+        timeout,
+        what,
+    )
+
+
+def generate_until_verdict(
+    model: DistributedModelForCausalLM, seeds: range, tokens: int = 24
+) -> tuple[Verdict, int]:
+    """Generate from one seed after another until a spot-check ends in a verdict: the
+    client's only verdict, and the seed it came with."""
+    checker = model.spot_checker
+    assert checker is not None
+    for seed in seeds:
+        generate(model, tokens, seed)
+        if checker.stats.verdicts:
+            break
+    (verdict,) = checker.stats.verdicts
+    return verdict, seed
 
 
 def generate(model: DistributedModelForCausalLM, tokens: int, seed: int) -> torch.Tensor:
@@ -152,19 +176,12 @@ def test_a_cheater_is_caught_slashed_and_excluded(tiny_model: Path, tmp_path: Pa
             assert [h.peer_id for h in model.route()][-1] == nodes["cheater"].peer_id
             checker = model.spot_checker
             assert checker is not None
-            for seed in range(10):  # 24 steps each: P(no catch in 240) = 0.95^240 < 1e-5
-                generate(model, 24, seed)
-                if checker.stats.verdicts:
-                    break
-            (verdict,) = checker.stats.verdicts
+            # 24 steps a seed: P(no catch in 240) = 0.95^240 < 1e-5
+            verdict, seed = generate_until_verdict(model, range(10))
             assert verdict.guilty == (cheater,)
             assert nodes["cheater"].peer_id in model.swarm.excluded
             # slashed on the bootstrap's replica too, with a re-verifiable proof
-            wait_for(
-                lambda: cheater in read_ledger(nodes["boot"], genesis, Ledger.slashed),  # type: ignore[operator]
-                30,
-                "the slash to replicate",
-            )
+            wait_slashed(nodes["boot"], genesis, cheater, 30, "the slash to replicate")
             state = read_ledger(nodes["boot"], genesis, lambda led: led.account(cheater))
             assert state.slashed >= Genesis.load(genesis).economy.slash_minimum  # type: ignore[attr-defined]
             # an honest server takes the cheater's blocks; the cheater is never used again
@@ -201,11 +218,7 @@ def test_a_probe_catches_a_cheater_no_client_checked(tiny_model: Path, tmp_path:
             validator=["--probe-interval", "1"],
         )
         cheater = account_of_peer(nodes["cheater"].peer_id)
-        wait_for(
-            lambda: cheater in read_ledger(nodes["boot"], genesis, Ledger.slashed),  # type: ignore[operator]
-            60,
-            "a probe to catch the cheater",
-        )
+        wait_slashed(nodes["boot"], genesis, cheater, 60, "a probe to catch the cheater")
         # bad disputes get typed errors, and the validator goes on serving
         runtime = ClientRuntime(Identity.generate())
         try:
@@ -353,19 +366,12 @@ def test_quantised_servers_are_checked_by_replay(tiny_model: Path, tmp_path: Pat
                 extra=["--genesis", str(genesis), *FAST, "--quant", "nf4", "--cheat", "0.2:0.001"],
             )
             cheater = account_of_peer(nodes["cheater"].peer_id)
-            for seed in range(100, 110):  # P(no catch in 240 steps) = 0.94^240 < 1e-6
-                generate(model, 24, seed)
-                if checker.stats.verdicts:
-                    break
-            (verdict,) = checker.stats.verdicts
+            # P(no catch in 240 steps) = 0.94^240 < 1e-6
+            verdict, _ = generate_until_verdict(model, range(100, 110))
             assert verdict.guilty == (cheater,), verdict
         finally:
             model.close()
-        wait_for(
-            lambda: cheater in read_ledger(nodes["boot"], genesis, Ledger.slashed),  # type: ignore[operator]
-            30,
-            "the slash to replicate",
-        )
+        wait_slashed(nodes["boot"], genesis, cheater, 30, "the slash to replicate")
         audit = audit_ledger(nodes["boot"].data_dir, Genesis.load(genesis), model=str(tiny_model))
         (slash,) = audit.slashes
         assert slash.account == cheater and slash.ok, slash
